@@ -1,0 +1,420 @@
+//! The configuration file (DESIGN §3.1): parsed with serde from TOML, every section rejects
+//! unknown keys, and [`Config::validate`] checks what types alone cannot (ranges, file pairs,
+//! migration names). Durations are humantime strings (`"30s"`, `"500ms"`).
+//!
+//! `[[migration]]` entries are parsed and validated here; acting on them belongs to the
+//! migration and rewrite modules.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Postgres' own limit for a protocol message (`PQ_LARGE_MESSAGE_LIMIT`, 1 GiB - 1).
+pub const POSTGRES_MAX_MESSAGE_SIZE: usize = 0x3fff_ffff;
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config: {key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub proxy: ProxyConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub control: ControlConfig,
+    #[serde(default, rename = "migration")]
+    pub migrations: Vec<MigrationConfig>,
+}
+
+/// `[proxy]`: the client-facing listener and the upstream PostgreSQL.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    pub listen: SocketAddr,
+    /// `host:port` of PostgreSQL; the host may be a name, resolved at each connect.
+    pub upstream: String,
+    #[serde(default = "default_max_client_connections")]
+    pub max_client_connections: usize,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    #[serde(default)]
+    pub upstream_tls: UpstreamTls,
+    /// Time a new connection has to finish startup and authentication.
+    #[serde(default = "default_startup_timeout", with = "humantime_serde")]
+    pub startup_timeout: Duration,
+    /// Close client connections idle (outside a transaction) this long; `0s` = never.
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// On SIGTERM, how long in-flight transactions may take before connections are closed.
+    #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Largest client message accepted, in bytes (length field included).
+    #[serde(default = "default_max_message_size")]
+    pub max_message_size: usize,
+}
+
+/// TLS between pgshift and PostgreSQL, with libpq's `sslmode` meaning of the same words.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamTls {
+    #[default]
+    Disable,
+    Prefer,
+    Require,
+}
+
+/// `[admin]`: the admin socket and the metrics/health HTTP endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default = "default_admin_socket")]
+    pub socket: PathBuf,
+    #[serde(default = "default_metrics_listen")]
+    pub metrics_listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            socket: default_admin_socket(),
+            metrics_listen: default_metrics_listen(),
+        }
+    }
+}
+
+/// `[control]`: how pgshift's own connections (state, catalog, jobs) log in.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    #[serde(default = "default_control_user")]
+    pub user: String,
+    pub password: Option<String>,
+    pub password_env: Option<String>,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            user: default_control_user(),
+            password: None,
+            password_env: None,
+        }
+    }
+}
+
+/// One `[[migration]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationConfig {
+    pub name: String,
+    pub database: String,
+    pub table: String,
+    pub kind: MigrationKind,
+    #[serde(default)]
+    pub phase: Phase,
+    pub new_table: Option<String>,
+    #[serde(default)]
+    pub key: Vec<String>,
+    pub expand_sql: Option<String>,
+    pub complete_sql: Option<String>,
+    #[serde(default)]
+    pub columns: Vec<ColumnMapping>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MigrationKind {
+    Columns,
+    Table,
+}
+
+/// The phases of DESIGN §3.2, in order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    #[default]
+    Planned,
+    Expand,
+    Switch,
+    Contract,
+    Complete,
+}
+
+/// One `[[migration.columns]]`: `up` defaults to the old column, `down` to the new one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnMapping {
+    pub old: String,
+    pub new: String,
+    pub up: Option<String>,
+    pub down: Option<String>,
+}
+
+fn default_max_client_connections() -> usize {
+    1000
+}
+fn default_startup_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_message_size() -> usize {
+    POSTGRES_MAX_MESSAGE_SIZE
+}
+fn default_admin_socket() -> PathBuf {
+    PathBuf::from("/tmp/pgshift.sock")
+}
+fn default_metrics_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9187))
+}
+fn default_control_user() -> String {
+    "postgres".to_owned()
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config = Config::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })?;
+        Ok(config)
+    }
+
+    /// Parses and validates config text (the path in errors is left empty).
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: describe_toml_error(&e),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: ranges, pairs of keys, names.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let p = &self.proxy;
+        split_host_port(&p.upstream).map_err(|m| invalid("proxy.upstream", m))?;
+        if p.max_client_connections == 0 {
+            return Err(invalid("proxy.max_client_connections", "must be at least 1"));
+        }
+        if p.tls_cert.is_some() != p.tls_key.is_some() {
+            return Err(invalid(
+                "proxy.tls_cert",
+                "tls_cert and tls_key must be given together",
+            ));
+        }
+        if p.startup_timeout.is_zero() {
+            return Err(invalid("proxy.startup_timeout", "must be greater than 0"));
+        }
+        if !(1024..=POSTGRES_MAX_MESSAGE_SIZE).contains(&p.max_message_size) {
+            return Err(invalid(
+                "proxy.max_message_size",
+                format!("must be between 1024 and {POSTGRES_MAX_MESSAGE_SIZE} bytes"),
+            ));
+        }
+        self.validate_migrations()
+    }
+
+    fn validate_migrations(&self) -> Result<(), ConfigError> {
+        let mut names = HashSet::new();
+        for (i, m) in self.migrations.iter().enumerate() {
+            let key = format!("migration[{i}]");
+            if m.name.is_empty()
+                || !m
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    format!("{:?} must match [a-z0-9_]+", m.name),
+                ));
+            }
+            if !names.insert(m.name.as_str()) {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    format!("migration {:?} is defined twice", m.name),
+                ));
+            }
+            let key = format!("migration {:?}", m.name);
+            match m.kind {
+                MigrationKind::Columns => {
+                    if m.columns.is_empty() {
+                        return Err(invalid(
+                            format!("{key}.columns"),
+                            "a columns migration needs at least one [[migration.columns]]",
+                        ));
+                    }
+                    if m.new_table.is_some() {
+                        return Err(invalid(
+                            format!("{key}.new_table"),
+                            "only for kind = \"table\"",
+                        ));
+                    }
+                }
+                MigrationKind::Table => {
+                    if m.new_table.is_none() {
+                        return Err(invalid(
+                            format!("{key}.new_table"),
+                            "required for kind = \"table\"",
+                        ));
+                    }
+                    if m.key.is_empty() {
+                        return Err(invalid(
+                            format!("{key}.key"),
+                            "required for kind = \"table\"",
+                        ));
+                    }
+                }
+            }
+            let mut olds = HashSet::new();
+            for c in &m.columns {
+                if c.old.is_empty() || c.new.is_empty() {
+                    return Err(invalid(
+                        format!("{key}.columns"),
+                        "old and new must be non-empty",
+                    ));
+                }
+                if !olds.insert(c.old.as_str()) {
+                    return Err(invalid(
+                        format!("{key}.columns"),
+                        format!("column {:?} is mapped twice", c.old),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Splits `host:port` (IPv6 hosts in brackets) and checks the port.
+pub fn split_host_port(s: &str) -> Result<(&str, u16), String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} is not host:port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("{s:?} has no host"));
+    }
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| format!("{s:?} has an invalid port"))?;
+    Ok((host, port))
+}
+
+/// toml's own messages already quote the offending line and name unknown keys; keep them whole.
+fn describe_toml_error(e: &toml::de::Error) -> String {
+    e.to_string().trim_end().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[proxy]\nlisten = \"127.0.0.1:6432\"\nupstream = \"db:5432\"\n";
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.proxy.max_client_connections, 1000);
+        assert_eq!(c.proxy.upstream_tls, UpstreamTls::Disable);
+        assert_eq!(c.admin.metrics_listen.port(), 9187);
+        assert!(c.migrations.is_empty());
+    }
+
+    #[test]
+    fn rejections_name_the_key() {
+        let cases = [
+            ("[proxy]\nlisten = \"127.0.0.1:1\"\nupstream = \"h:1\"\nlisen = 1\n", "lisen"),
+            ("[proxy]\nlisten = \"nope\"\nupstream = \"h:1\"\n", "listen"),
+            ("[proxy]\nlisten = \"127.0.0.1:1\"\nupstream = \"h\"\n", "proxy.upstream"),
+            (
+                "[proxy]\nlisten = \"127.0.0.1:1\"\nupstream = \"h:1\"\nmax_client_connections = 0\n",
+                "max_client_connections",
+            ),
+            (
+                "[proxy]\nlisten = \"127.0.0.1:1\"\nupstream = \"h:1\"\ntls_cert = \"a.pem\"\n",
+                "tls_cert",
+            ),
+            (
+                "[proxy]\nlisten = \"127.0.0.1:1\"\nupstream = \"h:1\"\nupstream_tls = \"maybe\"\n",
+                "upstream_tls",
+            ),
+            (
+                "[proxy]\nlisten = \"127.0.0.1:1\"\nupstream = \"h:1\"\nstartup_timeout = \"soon\"\n",
+                "startup_timeout",
+            ),
+            (
+                "[proxy]\nlisten = \"127.0.0.1:1\"\nupstream = \"h:1\"\n[admin]\nsockt = \"x\"\n",
+                "sockt",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = Config::parse(text).unwrap_err().to_string();
+            assert!(err.contains(key), "error for {key:?} does not name it: {err}");
+        }
+    }
+
+    #[test]
+    fn migrations_are_validated() {
+        let base = format!(
+            "{MINIMAL}[[migration]]\nname = \"users_rename\"\ndatabase = \"app\"\ntable = \"public.users\"\nkind = \"columns\"\n"
+        );
+        let ok = format!("{base}[[migration.columns]]\nold = \"a\"\nnew = \"b\"\n");
+        let c = Config::parse(&ok).unwrap();
+        assert_eq!(c.migrations[0].phase, Phase::Planned);
+        assert_eq!(c.migrations[0].columns[0].up, None);
+
+        let no_columns = Config::parse(&base).unwrap_err().to_string();
+        assert!(no_columns.contains("users_rename"), "{no_columns}");
+
+        let bad_name = ok.replace("users_rename", "Users-Rename");
+        assert!(Config::parse(&bad_name).unwrap_err().to_string().contains("name"));
+
+        let twice = format!("{ok}{}", ok.trim_start_matches(MINIMAL));
+        assert!(Config::parse(&twice).unwrap_err().to_string().contains("twice"));
+
+        let bad_phase = ok.replace("kind = \"columns\"", "kind = \"columns\"\nphase = \"sideways\"");
+        assert!(Config::parse(&bad_phase).unwrap_err().to_string().contains("phase"));
+    }
+
+    #[test]
+    fn host_port() {
+        assert_eq!(split_host_port("db:5432").unwrap(), ("db", 5432));
+        assert_eq!(split_host_port("[::1]:5432").unwrap(), ("::1", 5432));
+        assert!(split_host_port("db").is_err());
+        assert!(split_host_port("db:x").is_err());
+    }
+}

@@ -1,0 +1,25 @@
+//! pgshift: a transparent PostgreSQL wire-protocol proxy for zero-downtime schema changes.
+//!
+//! Data flows through these modules, outermost first:
+//!
+//! - [`server`]: listeners, the accept loop, connection limit, graceful shutdown;
+//! - [`session`]: one client connection: startup and TLS ([`session`]'s `handshake`), upstream
+//!   connection and relayed authentication (`upstream`), then the relay pumps (`relay`);
+//! - [`wire`]: the wire format without I/O: frame headers, startup packets, the messages
+//!   pgshift writes itself;
+//! - [`net`], [`tls`]: plain or TLS byte streams;
+//! - [`cancel`]: pgshift-issued cancel keys mapped to upstream backends;
+//! - [`metrics`]: metric names and the `/metrics`, `/healthz`, `/readyz` endpoint;
+//! - [`config`]: the TOML configuration;
+//! - [`ephemeral`]: a throw-away PostgreSQL for tests and demos.
+#![forbid(unsafe_code)]
+
+pub mod cancel;
+pub mod config;
+pub mod ephemeral;
+pub mod metrics;
+pub mod net;
+pub mod server;
+pub mod session;
+pub mod tls;
+pub mod wire;

@@ -1,0 +1,119 @@
+//! The `pgshift` command: `serve` runs the proxy, `check` validates a config file.
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use pgshift::config::Config;
+use pgshift::server;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+#[derive(Parser)]
+#[command(name = "pgshift", version, about = "Zero-downtime schema changes at the PostgreSQL wire")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve {
+        /// Path of the TOML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file without serving.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config } => serve(config),
+        Command::Check { config } => check(config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgshift: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    println!(
+        "{}: ok ({} migration{})",
+        path.display(),
+        config.migrations.len(),
+        if config.migrations.len() == 1 { "" } else { "s" }
+    );
+    Ok(())
+}
+
+fn serve(path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        let running = server::start(&config, shutdown.clone()).await?;
+        // One machine-readable line on stdout says where pgshift listens (ports may be 0).
+        let ready = serde_json::json!({
+            "event": "ready",
+            "listen": running.listen.to_string(),
+            "metrics_listen": running.metrics_listen.to_string(),
+        });
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{ready}")?;
+        stdout.flush()?;
+        drop(stdout);
+        let signals = tokio::spawn(wait_for_signals(shutdown.clone()));
+        running.wait().await;
+        signals.abort();
+        info!("pgshift stopped");
+        Ok(())
+    })
+}
+
+/// SIGTERM or SIGINT starts a graceful shutdown; a second one exits at once.
+async fn wait_for_signals(shutdown: CancellationToken) {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        warn!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    info!("shutdown requested; finishing in-flight transactions");
+    shutdown.cancel();
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    warn!("second shutdown signal; exiting now");
+    std::process::exit(1);
+}

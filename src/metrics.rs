@@ -1,0 +1,140 @@
+//! Metric names (DESIGN §5, stable) and the HTTP endpoint serving `/metrics` (Prometheus text),
+//! `/healthz` (the process is up) and `/readyz` (listening and not shutting down).
+//!
+//! Handles are resolved once at start-up so the per-statement path only bumps atomics.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use metrics::{Counter, Gauge, counter, gauge};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub const CLIENT_CONNECTIONS: &str = "pgshift_client_connections";
+pub const STATEMENTS_TOTAL: &str = "pgshift_statements_total";
+pub const UPSTREAM_ERRORS_TOTAL: &str = "pgshift_upstream_errors_total";
+
+/// The process's metric handles.
+#[derive(Clone)]
+pub struct Metrics {
+    pub client_connections: Gauge,
+    pub statements_passthrough: Counter,
+    pub upstream_errors: Counter,
+}
+
+impl Metrics {
+    /// Handles registered with whatever recorder is installed (none in unit tests: no-ops).
+    pub fn new() -> Metrics {
+        metrics::describe_gauge!(CLIENT_CONNECTIONS, "Client connections currently open.");
+        metrics::describe_counter!(
+            STATEMENTS_TOTAL,
+            "Statements (Query and Parse messages) by what pgshift did with them."
+        );
+        metrics::describe_counter!(
+            UPSTREAM_ERRORS_TOTAL,
+            "Failures to connect to, or lost connections with, the upstream PostgreSQL."
+        );
+        Metrics {
+            client_connections: gauge!(CLIENT_CONNECTIONS),
+            statements_passthrough: counter!(STATEMENTS_TOTAL, "action" => "passthrough"),
+            upstream_errors: counter!(UPSTREAM_ERRORS_TOTAL),
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// Installs the global Prometheus recorder. Call once, before [`Metrics::new`].
+pub fn install_recorder() -> Result<PrometheusHandle, String> {
+    PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| e.to_string())
+}
+
+/// Readiness as seen by `/readyz`.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    ready: AtomicBool,
+}
+
+impl Readiness {
+    pub fn set(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+    pub fn get(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
+
+/// Serves the endpoint on an already bound listener until `shutdown`.
+pub async fn serve_http(
+    listener: TcpListener,
+    handle: PrometheusHandle,
+    readiness: Arc<Readiness>,
+    shutdown: CancellationToken,
+) {
+    let tracker = TaskTracker::new();
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics accept failed");
+                    continue;
+                }
+            },
+        };
+        let handle = handle.clone();
+        let readiness = readiness.clone();
+        tracker.spawn(async move {
+            let service = service_fn(move |req| {
+                let reply = respond(&req, &handle, &readiness);
+                async move { Ok::<_, Infallible>(reply) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+    tracker.close();
+}
+
+fn respond(
+    req: &Request<Incoming>,
+    handle: &PrometheusHandle,
+    readiness: &Readiness,
+) -> Response<Full<Bytes>> {
+    let (status, body) = match req.uri().path() {
+        "/metrics" => (StatusCode::OK, handle.render()),
+        "/healthz" => (StatusCode::OK, "ok\n".to_owned()),
+        "/readyz" if readiness.get() => (StatusCode::OK, "ready\n".to_owned()),
+        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_owned()),
+        _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
+    };
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; version=0.0.4")
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts are valid")
+}
+
+/// Binds the metrics listener (separately, so `serve` can report the bound address).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}

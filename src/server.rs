@@ -1,0 +1,198 @@
+//! The process: binds the proxy and metrics listeners, accepts clients (one task per session,
+//! all owned by a tracker), enforces the connection limit, and shuts down gracefully: stop
+//! accepting, let sessions finish their transactions within `shutdown_grace`, then exit.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::cancel::CancelRegistry;
+use crate::config::{Config, ProxyConfig};
+use crate::metrics::{self, Metrics, Readiness};
+use crate::{session, tls};
+
+/// Process-wide state every session shares.
+pub struct Proxy {
+    pub config: ProxyConfig,
+    pub tls_acceptor: Option<TlsAcceptor>,
+    pub upstream_tls: Arc<rustls::ClientConfig>,
+    pub cancels: Arc<CancelRegistry>,
+    pub metrics: Metrics,
+    pub shutdown: CancellationToken,
+    connections: AtomicUsize,
+}
+
+/// A client connection counted against `max_client_connections`; released on drop.
+pub struct ConnectionSlot {
+    proxy: Arc<Proxy>,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.proxy.connections.fetch_sub(1, Ordering::AcqRel);
+        self.proxy.metrics.client_connections.decrement(1.0);
+    }
+}
+
+impl Proxy {
+    pub fn new(config: &Config, shutdown: CancellationToken) -> Result<Arc<Proxy>, StartError> {
+        let p = &config.proxy;
+        let tls_acceptor = match (&p.tls_cert, &p.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsAcceptor::from(tls::server_config(cert, key)?)),
+            _ => None,
+        };
+        Ok(Arc::new(Proxy {
+            config: p.clone(),
+            tls_acceptor,
+            upstream_tls: tls::upstream_config(),
+            cancels: Arc::new(CancelRegistry::default()),
+            metrics: Metrics::new(),
+            shutdown,
+            connections: AtomicUsize::new(0),
+        }))
+    }
+
+    /// Takes a connection slot unless the limit is reached.
+    pub fn try_acquire_slot(self: &Arc<Self>) -> Option<ConnectionSlot> {
+        let max = self.config.max_client_connections;
+        self.connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        self.metrics.client_connections.increment(1.0);
+        Some(ConnectionSlot {
+            proxy: self.clone(),
+        })
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.connections.load(Ordering::Acquire)
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot install the metrics recorder: {0}")]
+    Metrics(String),
+}
+
+/// A started server: its bound addresses and the task to await.
+pub struct Running {
+    pub listen: SocketAddr,
+    pub metrics_listen: SocketAddr,
+    pub proxy: Arc<Proxy>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Waits until the server has shut down completely.
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+}
+
+/// Binds everything and starts serving; returns once listening.
+pub async fn start(config: &Config, shutdown: CancellationToken) -> Result<Running, StartError> {
+    let handle = metrics::install_recorder().map_err(StartError::Metrics)?;
+    let proxy = Proxy::new(config, shutdown.clone())?;
+    let listener =
+        TcpListener::bind(config.proxy.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.proxy.listen,
+                source,
+            })?;
+    let metrics_listener = metrics::bind(config.admin.metrics_listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.admin.metrics_listen,
+            source,
+        })?;
+    let listen = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.proxy.listen,
+        source,
+    })?;
+    let metrics_listen = metrics_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            addr: config.admin.metrics_listen,
+            source,
+        })?;
+    let readiness = Arc::new(Readiness::default());
+    readiness.set(true);
+
+    let http_shutdown = CancellationToken::new();
+    let http = tokio::spawn(metrics::serve_http(
+        metrics_listener,
+        handle,
+        readiness.clone(),
+        http_shutdown.clone(),
+    ));
+    let accept_proxy = proxy.clone();
+    let done = tokio::spawn(async move {
+        accept_loop(accept_proxy.clone(), listener).await;
+        readiness.set(false);
+        info!(
+            sessions = accept_proxy.connection_count(),
+            "stopped accepting; waiting for sessions"
+        );
+        http_shutdown.cancel();
+        let _ = http.await;
+    });
+    info!(%listen, %metrics_listen, upstream = %config.proxy.upstream, "pgshift listening");
+    Ok(Running {
+        listen,
+        metrics_listen,
+        proxy,
+        done,
+    })
+}
+
+async fn accept_loop(proxy: Arc<Proxy>, listener: TcpListener) {
+    let sessions = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = proxy.shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                sessions.spawn(session::serve(proxy.clone(), tcp, peer));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    drop(listener);
+    sessions.close();
+    // Sessions end themselves within shutdown_grace; the margin covers the final writes.
+    let hard_deadline = proxy.config.shutdown_grace + Duration::from_secs(5);
+    if tokio::time::timeout(hard_deadline, sessions.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            remaining = sessions.len(),
+            "sessions still open after the grace period"
+        );
+    }
+}
