@@ -227,7 +227,10 @@ impl Config {
         let p = &self.proxy;
         split_host_port(&p.upstream).map_err(|m| invalid("proxy.upstream", m))?;
         if p.max_client_connections == 0 {
-            return Err(invalid("proxy.max_client_connections", "must be at least 1"));
+            return Err(invalid(
+                "proxy.max_client_connections",
+                "must be at least 1",
+            ));
         }
         if p.tls_cert.is_some() != p.tls_key.is_some() {
             return Err(invalid(
@@ -357,9 +360,15 @@ mod tests {
     #[test]
     fn rejections_name_the_key() {
         let cases = [
-            ("[proxy]\nlisten = \"127.0.0.1:1\"\nupstream = \"h:1\"\nlisen = 1\n", "lisen"),
+            (
+                "[proxy]\nlisten = \"127.0.0.1:1\"\nupstream = \"h:1\"\nlisen = 1\n",
+                "lisen",
+            ),
             ("[proxy]\nlisten = \"nope\"\nupstream = \"h:1\"\n", "listen"),
-            ("[proxy]\nlisten = \"127.0.0.1:1\"\nupstream = \"h\"\n", "proxy.upstream"),
+            (
+                "[proxy]\nlisten = \"127.0.0.1:1\"\nupstream = \"h\"\n",
+                "proxy.upstream",
+            ),
             (
                 "[proxy]\nlisten = \"127.0.0.1:1\"\nupstream = \"h:1\"\nmax_client_connections = 0\n",
                 "max_client_connections",
@@ -383,7 +392,10 @@ mod tests {
         ];
         for (text, key) in cases {
             let err = Config::parse(text).unwrap_err().to_string();
-            assert!(err.contains(key), "error for {key:?} does not name it: {err}");
+            assert!(
+                err.contains(key),
+                "error for {key:?} does not name it: {err}"
+            );
         }
     }
 
@@ -401,13 +413,31 @@ mod tests {
         assert!(no_columns.contains("users_rename"), "{no_columns}");
 
         let bad_name = ok.replace("users_rename", "Users-Rename");
-        assert!(Config::parse(&bad_name).unwrap_err().to_string().contains("name"));
+        assert!(
+            Config::parse(&bad_name)
+                .unwrap_err()
+                .to_string()
+                .contains("name")
+        );
 
         let twice = format!("{ok}{}", ok.trim_start_matches(MINIMAL));
-        assert!(Config::parse(&twice).unwrap_err().to_string().contains("twice"));
+        assert!(
+            Config::parse(&twice)
+                .unwrap_err()
+                .to_string()
+                .contains("twice")
+        );
 
-        let bad_phase = ok.replace("kind = \"columns\"", "kind = \"columns\"\nphase = \"sideways\"");
-        assert!(Config::parse(&bad_phase).unwrap_err().to_string().contains("phase"));
+        let bad_phase = ok.replace(
+            "kind = \"columns\"",
+            "kind = \"columns\"\nphase = \"sideways\"",
+        );
+        assert!(
+            Config::parse(&bad_phase)
+                .unwrap_err()
+                .to_string()
+                .contains("phase")
+        );
     }
 
     #[test]

@@ -92,7 +92,9 @@ pub enum EphemeralError {
         output: String,
     },
     /// The server did not accept connections in time, or exited.
-    #[error("PostgreSQL on port {port} did not become ready: {reason}\n--- server.log (tail) ---\n{log_tail}")]
+    #[error(
+        "PostgreSQL on port {port} did not become ready: {reason}\n--- server.log (tail) ---\n{log_tail}"
+    )]
     NotReady {
         port: u16,
         reason: String,
@@ -177,7 +179,9 @@ impl EphemeralPostgres {
         };
         if let Some(user) = run_as {
             run_checked(
-                Command::new("chown").arg(format!("{}:{}", user.uid, user.gid)).arg(&pg.base),
+                Command::new("chown")
+                    .arg(format!("{}:{}", user.uid, user.gid))
+                    .arg(&pg.base),
             )?;
         }
         pg.spawn_janitor()?;
@@ -232,7 +236,10 @@ impl EphemeralPostgres {
 
     /// Whether the postmaster process is running.
     pub fn is_running(&mut self) -> bool {
-        matches!(self.postmaster.as_mut().map(Child::try_wait), Some(Ok(None)))
+        matches!(
+            self.postmaster.as_mut().map(Child::try_wait),
+            Some(Ok(None))
+        )
     }
 
     /// Runs SQL as the superuser with `psql -X -v ON_ERROR_STOP=1` and returns its output.
@@ -286,9 +293,16 @@ impl EphemeralPostgres {
 
     fn initdb(&self) -> Result<(), EphemeralError> {
         let mut cmd = Command::new(self.bindir.join("initdb"));
-        cmd.arg("-D")
-            .arg(&self.data)
-            .args(["-U", SUPERUSER, "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync"]);
+        cmd.arg("-D").arg(&self.data).args([
+            "-U",
+            SUPERUSER,
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--no-locale",
+            "--no-sync",
+        ]);
         self.server_side(&mut cmd);
         run_checked(&mut cmd)?;
         let hba = self.data.join("pg_hba.conf");
@@ -325,15 +339,24 @@ impl EphemeralPostgres {
             .map_err(|e| io_err(&format!("open {}", log_path.display()), e))?;
         let log_err = log.try_clone().map_err(|e| io_err("clone log handle", e))?;
         let mut cmd = Command::new(self.bindir.join("postgres"));
-        cmd.arg("-D").arg(&self.data).arg("-p").arg(self.port.to_string());
+        cmd.arg("-D")
+            .arg(&self.data)
+            .arg("-p")
+            .arg(self.port.to_string());
         let mut settings = vec![
             ("listen_addresses".to_string(), HOST.to_string()),
-            ("unix_socket_directories".to_string(), self.base.display().to_string()),
+            (
+                "unix_socket_directories".to_string(),
+                self.base.display().to_string(),
+            ),
             ("fsync".to_string(), "off".to_string()),
             ("synchronous_commit".to_string(), "off".to_string()),
             ("full_page_writes".to_string(), "off".to_string()),
             ("logging_collector".to_string(), "off".to_string()),
-            ("max_connections".to_string(), self.opts.max_connections.to_string()),
+            (
+                "max_connections".to_string(),
+                self.opts.max_connections.to_string(),
+            ),
         ];
         settings.extend(self.opts.settings.iter().cloned());
         for (name, value) in settings {
@@ -357,7 +380,15 @@ impl EphemeralPostgres {
             }
             let accepting = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
                 && Command::new(&isready)
-                    .args(["-q", "-h", HOST, "-p", &self.port.to_string(), "-U", SUPERUSER])
+                    .args([
+                        "-q",
+                        "-h",
+                        HOST,
+                        "-p",
+                        &self.port.to_string(),
+                        "-U",
+                        SUPERUSER,
+                    ])
                     .args(["-d", "postgres"])
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
@@ -389,7 +420,11 @@ impl EphemeralPostgres {
         for (role, password, method) in TEST_ROLES {
             // The stored verifier must match the method: md5 auth needs an MD5 hash; `password`
             // (cleartext) works against a SCRAM verifier.
-            let encryption = if method == "md5" { "md5" } else { "scram-sha-256" };
+            let encryption = if method == "md5" {
+                "md5"
+            } else {
+                "scram-sha-256"
+            };
             sql.push_str(&format!(
                 "SET password_encryption = '{encryption}';\n\
                  CREATE ROLE {role} LOGIN PASSWORD '{password}';\n"
@@ -520,10 +555,8 @@ fn create_base_dir() -> Result<PathBuf, EphemeralError> {
         .unwrap_or(0);
     loop {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!(
-            "pgshift-pg-{}-{nanos:09}-{n}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("pgshift-pg-{}-{nanos:09}-{n}", std::process::id()));
         match std::fs::create_dir(&dir) {
             Ok(()) => return Ok(dir),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
@@ -534,8 +567,8 @@ fn create_base_dir() -> Result<PathBuf, EphemeralError> {
 
 /// A port that was free a moment ago (bind to port 0, read it, release it).
 fn free_port() -> Result<u16, EphemeralError> {
-    let listener =
-        TcpListener::bind((HOST, 0)).map_err(|e| io_err("bind 127.0.0.1:0 to find a free port", e))?;
+    let listener = TcpListener::bind((HOST, 0))
+        .map_err(|e| io_err("bind 127.0.0.1:0 to find a free port", e))?;
     listener
         .local_addr()
         .map(|a| a.port())

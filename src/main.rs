@@ -14,7 +14,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 #[derive(Parser)]
-#[command(name = "pgshift", version, about = "Zero-downtime schema changes at the PostgreSQL wire")]
+#[command(
+    name = "pgshift",
+    version,
+    about = "Zero-downtime schema changes at the PostgreSQL wire"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -56,7 +60,11 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
         "{}: ok ({} migration{})",
         path.display(),
         config.migrations.len(),
-        if config.migrations.len() == 1 { "" } else { "s" }
+        if config.migrations.len() == 1 {
+            ""
+        } else {
+            "s"
+        }
     );
     Ok(())
 }
@@ -65,8 +73,7 @@ fn serve(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -111,13 +111,12 @@ impl Running {
 pub async fn start(config: &Config, shutdown: CancellationToken) -> Result<Running, StartError> {
     let handle = metrics::install_recorder().map_err(StartError::Metrics)?;
     let proxy = Proxy::new(config, shutdown.clone())?;
-    let listener =
-        TcpListener::bind(config.proxy.listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: config.proxy.listen,
-                source,
-            })?;
+    let listener = TcpListener::bind(config.proxy.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.proxy.listen,
+            source,
+        })?;
     let metrics_listener = metrics::bind(config.admin.metrics_listen)
         .await
         .map_err(|source| StartError::Bind {

@@ -34,10 +34,7 @@ pub enum SessionError {
     #[error("protocol violation: {0}")]
     Protocol(#[from] WireError),
     #[error("{message}")]
-    Refused {
-        code: &'static str,
-        message: String,
-    },
+    Refused { code: &'static str, message: String },
     /// The upstream refused the login; its ErrorResponse was already forwarded.
     #[error("upstream refused the connection")]
     UpstreamRefused,
@@ -50,9 +47,10 @@ impl SessionError {
     fn client_error(&self) -> Option<(&'static str, String)> {
         match self {
             SessionError::Client(_) | SessionError::UpstreamRefused => None,
-            SessionError::Upstream(e) => {
-                Some(("08006", format!("pgshift: lost connection to upstream server: {e}")))
-            }
+            SessionError::Upstream(e) => Some((
+                "08006",
+                format!("pgshift: lost connection to upstream server: {e}"),
+            )),
             SessionError::UpstreamConnect { .. } => Some(("08006", format!("pgshift: {self}"))),
             SessionError::Protocol(e) => Some(("08P01", format!("pgshift: {e}"))),
             SessionError::Refused { code, message } => Some((code, message.clone())),
@@ -67,8 +65,7 @@ pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr) {
     async move {
         let _ = tcp.set_nodelay(true);
         let deadline = tokio::time::Instant::now() + proxy.config.startup_timeout;
-        let hello = match tokio::time::timeout_at(deadline, handshake::accept(&proxy, tcp)).await
-        {
+        let hello = match tokio::time::timeout_at(deadline, handshake::accept(&proxy, tcp)).await {
             Ok(Ok(Some(hello))) => hello,
             Ok(Ok(None)) => return debug!("cancel request handled"),
             Ok(Err(e)) => return debug!(error = %e, "startup refused"),
@@ -79,12 +76,10 @@ pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr) {
             startup,
             slot,
         } = hello;
-        let established = tokio::time::timeout_at(
-            deadline,
-            upstream::establish(&proxy, &mut client, &startup),
-        )
-        .await
-        .unwrap_or(Err(SessionError::StartupTimeout));
+        let established =
+            tokio::time::timeout_at(deadline, upstream::establish(&proxy, &mut client, &startup))
+                .await
+                .unwrap_or(Err(SessionError::StartupTimeout));
         let established = match established {
             Ok(e) => e,
             Err(e) => {

@@ -195,7 +195,11 @@ pub enum Step {
     /// A whole frame of `len` bytes starts here and is in the buffer.
     Frame { tag: u8, len: usize },
     /// A frame starts here but only its first bytes are buffered; `buffered` bytes are here.
-    Partial { tag: u8, len: usize, buffered: usize },
+    Partial {
+        tag: u8,
+        len: usize,
+        buffered: usize,
+    },
     /// Fewer than five bytes: wait for more input.
     NeedHeader,
     /// This many bytes belong to a frame whose header was seen in an earlier buffer.

@@ -93,15 +93,15 @@ async fn negotiate_tls(proxy: &Proxy, mut client: Stream) -> Result<Stream, Sess
     let Stream::Plain(tcp) = client else {
         unreachable!("matched above")
     };
-    let tls = acceptor
-        .accept(tcp)
-        .await
-        .map_err(SessionError::Client)?;
+    let tls = acceptor.accept(tcp).await.map_err(SessionError::Client)?;
     Ok(Stream::Tls(Box::new(tls)))
 }
 
 /// Checks the StartupMessage and takes a connection slot.
-fn check_startup(proxy: &Arc<Proxy>, startup: &StartupMessage) -> Result<ConnectionSlot, SessionError> {
+fn check_startup(
+    proxy: &Arc<Proxy>,
+    startup: &StartupMessage,
+) -> Result<ConnectionSlot, SessionError> {
     if startup.major != 3 {
         return Err(SessionError::Refused {
             code: "0A000",
@@ -122,7 +122,9 @@ fn check_startup(proxy: &Arc<Proxy>, startup: &StartupMessage) -> Result<Connect
     {
         return Err(SessionError::Refused {
             code: "0A000",
-            message: "pgshift: replication connections are not supported; connect to PostgreSQL directly".into(),
+            message:
+                "pgshift: replication connections are not supported; connect to PostgreSQL directly"
+                    .into(),
         });
     }
     if proxy.shutdown.is_cancelled() {

@@ -10,9 +10,11 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::upstream::Established;
@@ -34,7 +36,9 @@ pub enum SessionEnd {
     ClientTerminated,
     ClientError(std::io::Error),
     /// The server closed; `announced` when its last message was an ErrorResponse (e.g. FATAL).
-    ServerClosed { announced: bool },
+    ServerClosed {
+        announced: bool,
+    },
     ServerError(std::io::Error),
     /// pgshift is shutting down.
     Shutdown,
@@ -97,6 +101,8 @@ struct Shared {
     client_at_boundary: AtomicBool,
     /// Likewise for the server's (safe to append Terminate).
     server_at_boundary: AtomicBool,
+    /// Signalled (with a stored permit, so no wake-up is lost) when the session turns idle.
+    became_idle: Notify,
 }
 
 impl Shared {
@@ -115,9 +121,15 @@ impl Shared {
     }
 
     fn ready(&self, n: u64, status: u8) {
-        let mut tx = self.tx();
-        tx.pending = tx.pending.saturating_sub(n);
-        tx.status = status;
+        let idle = {
+            let mut tx = self.tx();
+            tx.pending = tx.pending.saturating_sub(n);
+            tx.status = status;
+            tx.pending == 0 && status == b'I'
+        };
+        if idle {
+            self.became_idle.notify_one();
+        }
     }
 
     fn is_idle(&self) -> bool {
@@ -153,6 +165,7 @@ pub async fn run(proxy: &Proxy, client: Stream, established: Established) -> Ses
         }),
         client_at_boundary: AtomicBool::new(true),
         server_at_boundary: AtomicBool::new(true),
+        became_idle: Notify::new(),
     };
     let end = {
         let up = client_to_server(proxy, &mut client_rd, client_buf, &mut server_wr, &shared);
@@ -250,13 +263,13 @@ async fn client_to_server(
     let max_message = proxy.config.max_message_size;
     loop {
         buf.reserve(READ_RESERVE);
-        let read = if !idle_timeout.is_zero() && shared.is_idle() {
-            match tokio::time::timeout(idle_timeout, client.read_buf(&mut buf)).await {
-                Ok(r) => r,
-                Err(_) => return SessionEnd::IdleTimeout,
-            }
-        } else {
+        let read = if idle_timeout.is_zero() {
             client.read_buf(&mut buf).await
+        } else {
+            match read_unless_idle_too_long(client, &mut buf, shared, idle_timeout).await {
+                Some(read) => read,
+                None => return SessionEnd::IdleTimeout,
+            }
         };
         match read {
             Ok(0) => return SessionEnd::ClientClosed,
@@ -282,10 +295,36 @@ async fn client_to_server(
             .store(cursor.at_boundary(), Ordering::Release);
         buf.advance(scan.forward);
         if scan.statements > 0 {
-            proxy.metrics.statements_passthrough.increment(scan.statements);
+            proxy
+                .metrics
+                .statements_passthrough
+                .increment(scan.statements);
         }
         if scan.terminate {
             return SessionEnd::ClientTerminated;
+        }
+    }
+}
+
+/// Reads from the client; `None` once the session has been idle (nothing owed, no open
+/// transaction) for `limit`. Idleness begins when the server's ReadyForQuery arrives, which
+/// may be after this read started, so the server pump wakes it through `became_idle`.
+async fn read_unless_idle_too_long(
+    client: &mut ReadHalf,
+    buf: &mut BytesMut,
+    shared: &Shared,
+    limit: Duration,
+) -> Option<std::io::Result<usize>> {
+    loop {
+        if shared.is_idle() {
+            return tokio::select! {
+                read = client.read_buf(buf) => Some(read),
+                _ = tokio::time::sleep(limit) => None,
+            };
+        }
+        tokio::select! {
+            read = client.read_buf(buf) => return Some(read),
+            _ = shared.became_idle.notified() => {}
         }
     }
 }
@@ -347,11 +386,15 @@ async fn server_to_client(
     let mut cursor = FrameCursor::default();
     let mut drain_deadline: Option<Instant> = None;
     let mut last_was_error = false;
+    // Registered once: a fresh `cancelled()` per read would lock the token's waiter list twice
+    // per round trip, shared by every session.
+    let shutdown = proxy.shutdown.cancelled();
+    tokio::pin!(shutdown);
     loop {
         buf.reserve(READ_RESERVE);
         let read = tokio::select! {
             biased;
-            _ = proxy.shutdown.cancelled(), if drain_deadline.is_none() => {
+            _ = &mut shutdown, if drain_deadline.is_none() => {
                 drain_deadline = Some(Instant::now() + proxy.config.shutdown_grace);
                 if shared.try_close() {
                     return SessionEnd::Shutdown;
@@ -470,7 +513,10 @@ mod tests {
         buf.extend(frame(b'Z', b"E"));
         let mut cursor = FrameCursor::default();
         let scan = scan_server(&buf, &mut cursor);
-        assert_eq!((scan.forward, scan.ready, scan.status), (buf.len(), 2, b'E'));
+        assert_eq!(
+            (scan.forward, scan.ready, scan.status),
+            (buf.len(), 2, b'E')
+        );
         assert!(!scan.last_was_error);
 
         // A ReadyForQuery cut after its header waits for its status byte.

@@ -105,7 +105,8 @@ pub async fn establish(
             .map_err(|e| e.upstream())?;
         match frame[0] {
             tag::AUTHENTICATION => {
-                let code = wire::auth_code(&frame).ok_or(wire::WireError::Malformed("Authentication"))?;
+                let code =
+                    wire::auth_code(&frame).ok_or(wire::WireError::Malformed("Authentication"))?;
                 match wire::strip_channel_binding(&frame) {
                     Some(stripped) => out.extend_from_slice(&stripped),
                     None => out.extend_from_slice(&frame),
