@@ -71,6 +71,9 @@ pub struct ProxyConfig {
     /// On SIGTERM, how long in-flight transactions may take before connections are closed.
     #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Threads serving connections; 0 = one per core, 1 = a single-threaded event loop.
+    #[serde(default)]
+    pub worker_threads: usize,
     /// Largest client message accepted, in bytes (length field included).
     #[serde(default = "default_max_message_size")]
     pub max_message_size: usize,
