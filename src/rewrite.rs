@@ -1,6 +1,232 @@
-//! The rewrite engine: a pure function of (statement text, snapshot) with no I/O. The
-//! pre-filter decides whether a statement needs parsing at all.
+//! The rewrite engine: a pure function of (statement text, migrated tables) with no I/O.
+//!
+//! Flow: the [`Prefilter`] skips statements that name no migrated table → sqlparser parses the
+//! text → per statement, [`scope`] walks every query to replace reads of migrated tables with
+//! derived tables and to compute references to non-authoritative columns of a DML target, and
+//! [`write`] adds the counterpart columns to INSERT and UPDATE → the edits are spliced into the
+//! original text ([`splice`]) and the result is re-parsed as a check. Anything that cannot be
+//! rewritten safely is a [`Refusal`], never a half-migrated statement.
 
+mod expr;
+mod plan;
 mod prefilter;
+mod scope;
+mod splice;
+mod write;
 
+use std::sync::Arc;
+
+use sqlparser::ast::{CopySource, Ident, Statement};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+use crate::migration::{MigratedTable, QualifiedName};
+
+pub use plan::{PairPlan, TablePlan};
 pub use prefilter::Prefilter;
+
+/// What to do with a statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Forward the original bytes.
+    Unchanged,
+    /// Forward this text instead.
+    Rewritten(String),
+    /// Answer with SQLSTATE 0A000 and forward nothing.
+    Refused(Refusal),
+}
+
+/// Why a statement touching a migrated table is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The migrations involved (comma-separated names).
+    pub migration: String,
+    pub reason: String,
+}
+
+impl Refusal {
+    /// The client-facing message; always starts with `pgshift:`.
+    pub fn message(&self) -> String {
+        format!(
+            "pgshift: statement refused (migration {}): {}",
+            self.migration, self.reason
+        )
+    }
+}
+
+/// Everything needed to rewrite statements for one database under one snapshot.
+#[derive(Debug, Clone)]
+pub struct Rewriter {
+    tables: Vec<Arc<TablePlan>>,
+    prefilter: Prefilter,
+}
+
+impl Rewriter {
+    /// Compiles the plans of the migrated tables (phase `planned` migrations contribute
+    /// nothing).
+    pub fn new(tables: &[MigratedTable]) -> Result<Rewriter, String> {
+        let mut plans = Vec::new();
+        for t in tables {
+            let plan = TablePlan::new(t)?;
+            if !plan.pairs.is_empty() {
+                plans.push(Arc::new(plan));
+            }
+        }
+        let prefilter = Prefilter::new(plans.iter().map(|p| p.name().name.as_str()));
+        Ok(Rewriter {
+            tables: plans,
+            prefilter,
+        })
+    }
+
+    /// True when no migration is active: every statement passes untouched.
+    pub fn is_empty(&self) -> bool {
+        self.tables.is_empty()
+    }
+
+    /// Cheap check: may this statement text touch a migrated table?
+    #[inline]
+    pub fn may_touch(&self, sql: &str) -> bool {
+        self.prefilter.may_touch(sql.as_bytes())
+    }
+
+    /// Rewrites one Query or Parse text (which may hold several statements).
+    pub fn rewrite(&self, sql: &str) -> Outcome {
+        if !self.may_touch(sql) {
+            return Outcome::Unchanged;
+        }
+        let statements = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
+            Ok(s) => s,
+            Err(e) => {
+                return Outcome::Refused(self.refusal_for_text(
+                    sql,
+                    format!("pgshift cannot parse this statement ({e}), so it cannot rewrite it"),
+                ));
+            }
+        };
+        let index = splice::LineIndex::new(sql);
+        let mut edits = splice::Edits::default();
+        for statement in &statements {
+            if let Err(refusal) = self.rewrite_statement(statement, &index, &mut edits) {
+                return Outcome::Refused(refusal);
+            }
+        }
+        if edits.is_empty() {
+            return Outcome::Unchanged;
+        }
+        let Some(text) = edits.apply(sql) else {
+            return Outcome::Refused(self.refusal_for_text(sql, "overlapping rewrites".into()));
+        };
+        // The splice must yield exactly as many statements that parse.
+        match Parser::parse_sql(&PostgreSqlDialect {}, &text) {
+            Ok(again) if again.len() == statements.len() => Outcome::Rewritten(text),
+            Ok(_) | Err(_) => Outcome::Refused(self.refusal_for_text(
+                sql,
+                "the rewritten statement does not parse (a pgshift bug; please report it)".into(),
+            )),
+        }
+    }
+
+    fn rewrite_statement(
+        &self,
+        statement: &Statement,
+        index: &splice::LineIndex<'_>,
+        edits: &mut splice::Edits,
+    ) -> Result<(), Refusal> {
+        match statement {
+            Statement::Query(_) => scope::rewrite_reads(self, statement, None, index, edits),
+            Statement::Insert(insert) => write::insert(self, statement, insert, index, edits),
+            Statement::Update(update) => write::update(self, statement, update, index, edits),
+            Statement::Delete(delete) => write::delete(self, statement, delete, index, edits),
+            Statement::Copy {
+                source: CopySource::Table { table_name, .. },
+                to,
+                ..
+            } => match scope::idents(table_name).and_then(|i| self.resolve(&i).cloned()) {
+                // COPY reads or writes the physical table, bypassing both read and write rules.
+                Some(t) => Err(t.refuse(format!(
+                    "COPY {} a table under migration is not supported yet; use SELECT/INSERT",
+                    if *to { "from" } else { "into" }
+                ))),
+                None => Ok(()),
+            },
+            Statement::Copy { .. } => scope::rewrite_reads(self, statement, None, index, edits),
+            other => {
+                let touched = scope::touched_tables(self, other);
+                match touched.first() {
+                    None => Ok(()),
+                    Some(t) => Err(t.refuse(format!(
+                        "{} on a table under migration is not supported",
+                        statement_kind(other)
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// Resolves a table reference as written (1 or 2 parts) to a migrated table.
+    fn resolve(&self, name: &[Ident]) -> Option<&Arc<TablePlan>> {
+        match name {
+            [table] => {
+                let table = normalize_ident(table);
+                // Unqualified: resolved like the default search_path, `public` first.
+                self.tables
+                    .iter()
+                    .filter(|t| t.name().name == table)
+                    .min_by_key(|t| t.name().schema != "public")
+            }
+            [schema, table] => {
+                let wanted = QualifiedName {
+                    schema: normalize_ident(schema),
+                    name: normalize_ident(table),
+                };
+                self.tables.iter().find(|t| *t.name() == wanted)
+            }
+            _ => None,
+        }
+    }
+
+    /// A refusal naming the migrations of every table the text mentions.
+    fn refusal_for_text(&self, sql: &str, reason: String) -> Refusal {
+        let lower = sql.to_lowercase();
+        let mut names: Vec<&str> = self
+            .tables
+            .iter()
+            .filter(|t| lower.contains(&t.name().name.to_lowercase()))
+            .flat_map(|t| t.migrations())
+            .collect();
+        names.dedup();
+        Refusal {
+            migration: names.join(", "),
+            reason,
+        }
+    }
+}
+
+impl TablePlan {
+    fn refuse(&self, reason: String) -> Refusal {
+        let mut names: Vec<&str> = self.migrations().collect();
+        names.dedup();
+        Refusal {
+            migration: names.join(", "),
+            reason,
+        }
+    }
+}
+
+/// An identifier as PostgreSQL resolves it: unquoted ones fold to lower case.
+pub(crate) fn normalize_ident(ident: &Ident) -> String {
+    match ident.quote_style {
+        Some(_) => ident.value.clone(),
+        None => ident.value.to_lowercase(),
+    }
+}
+
+fn statement_kind(statement: &Statement) -> String {
+    let text = statement.to_string();
+    let words: Vec<&str> = text.split_whitespace().take(2).collect();
+    words.join(" ").to_uppercase()
+}
+
+#[cfg(test)]
+mod tests;

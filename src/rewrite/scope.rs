@@ -1,0 +1,286 @@
+//! The walk over a statement: every table reference to a migrated table (FROM, JOIN,
+//! subqueries, CTE bodies, `UPDATE … FROM`, `DELETE … USING`) becomes a derived table that
+//! computes the non-authoritative columns from the authoritative side, under the original
+//! alias or the table's own name; references to the DML target's non-authoritative columns
+//! become their expressions. CTE names shadow tables within their query (scope is tracked).
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use sqlparser::ast::{
+    Expr, Ident, ObjectName, ObjectNamePart, Query, Spanned, Statement, TableFactor, Visit,
+    Visitor, visit_relations,
+};
+
+use super::splice::{Edits, LineIndex};
+use super::{Refusal, Rewriter, TablePlan, normalize_ident};
+use crate::migration::quote_ident;
+
+/// The table an UPDATE or DELETE writes, whose columns are referenced directly (it cannot be
+/// replaced by a derived table).
+pub struct Target {
+    pub plan: Arc<TablePlan>,
+    /// Normalized alias or table name that qualifies its columns.
+    pub qualifier: String,
+    /// The qualifier as written, for generated references.
+    pub qualifier_text: String,
+    /// Byte offset where the target's name starts; that table factor is left alone.
+    pub name_start: usize,
+    /// Other tables are in scope (FROM/USING), so unqualified names may be theirs.
+    pub has_other_tables: bool,
+}
+
+impl Target {
+    /// The expression for a non-authoritative column of the target, qualified.
+    fn computed(&self, column: &str) -> Option<String> {
+        let pair = self.plan.non_authoritative(column)?;
+        Some(pair.computed(|c| format!("{}.{}", self.qualifier_text, quote_ident(c))))
+    }
+}
+
+/// The identifiers of an object name, or `None` when a part is not a plain identifier.
+pub fn idents(name: &ObjectName) -> Option<Vec<Ident>> {
+    name.0
+        .iter()
+        .map(|p| match p {
+            ObjectNamePart::Identifier(i) => Some(i.clone()),
+            ObjectNamePart::Function(_) => None,
+        })
+        .collect()
+}
+
+/// Rewrites reads (and target column references) in `node`.
+pub fn rewrite_reads<V: Visit>(
+    rw: &Rewriter,
+    node: &V,
+    target: Option<&Target>,
+    index: &LineIndex<'_>,
+    edits: &mut Edits,
+) -> Result<(), Refusal> {
+    let mut walker = Walker {
+        rw,
+        index,
+        edits,
+        target,
+        ctes: Vec::new(),
+        depth: 0,
+        statements: 0,
+        error: None,
+    };
+    let _ = node.visit(&mut walker);
+    match walker.error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// The migrated tables a statement mentions anywhere.
+pub fn touched_tables(rw: &Rewriter, statement: &Statement) -> Vec<Arc<TablePlan>> {
+    let mut found: Vec<Arc<TablePlan>> = Vec::new();
+    let _ = visit_relations(statement, |name| {
+        if let Some(plan) = idents(name).and_then(|i| rw.resolve(&i).cloned())
+            && !found.iter().any(|f| Arc::ptr_eq(f, &plan))
+        {
+            found.push(plan);
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    found
+}
+
+struct Walker<'a, 'e> {
+    rw: &'a Rewriter,
+    index: &'a LineIndex<'a>,
+    edits: &'e mut Edits,
+    target: Option<&'a Target>,
+    /// CTE names visible at each query nesting level.
+    ctes: Vec<Vec<String>>,
+    /// Query nesting depth (0 = the statement's own clauses).
+    depth: usize,
+    /// Statements entered (1 = the top-level one; more = data-modifying CTEs and the like).
+    statements: usize,
+    error: Option<Refusal>,
+}
+
+impl Walker<'_, '_> {
+    fn refuse(&mut self, plan: &TablePlan, reason: String) -> ControlFlow<()> {
+        self.error = Some(plan.refuse(reason));
+        ControlFlow::Break(())
+    }
+
+    fn is_cte(&self, name: &[Ident]) -> bool {
+        match name {
+            [single] => {
+                let n = normalize_ident(single);
+                self.ctes.iter().any(|scope| scope.contains(&n))
+            }
+            _ => false,
+        }
+    }
+
+    fn source(&self, ident: &Ident) -> Option<&str> {
+        self.index.range(ident.span).map(|r| &self.index.text()[r])
+    }
+
+    fn replace_table(
+        &mut self,
+        plan: &Arc<TablePlan>,
+        name: &ObjectName,
+        has_alias: bool,
+    ) -> ControlFlow<()> {
+        let Some(range) = self.index.range(name.span()) else {
+            return self.refuse(plan, "cannot locate a table reference".into());
+        };
+        let text = if has_alias {
+            plan.derived.clone()
+        } else {
+            // Keep the name as written (quotes included) as the alias, so qualified column
+            // references keep resolving.
+            let last = name.0.last().and_then(|p| match p {
+                ObjectNamePart::Identifier(i) => self.source(i).map(str::to_owned),
+                ObjectNamePart::Function(_) => None,
+            });
+            match last {
+                Some(alias) => format!("{} AS {alias}", plan.derived),
+                None => return self.refuse(plan, "cannot locate a table reference".into()),
+            }
+        };
+        self.edits.replace(range, text);
+        ControlFlow::Continue(())
+    }
+
+    fn replace_column(
+        &mut self,
+        target: &Target,
+        span_expr: &Expr,
+        column: &str,
+    ) -> ControlFlow<()> {
+        let Some(text) = target.computed(column) else {
+            return ControlFlow::Continue(());
+        };
+        match self.index.range(span_expr.span()) {
+            Some(range) => {
+                self.edits.replace(range, text);
+                ControlFlow::Continue(())
+            }
+            None => self.refuse(&target.plan, format!("cannot locate column {column}")),
+        }
+    }
+}
+
+impl Visitor for Walker<'_, '_> {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+        self.depth += 1;
+        let names = query
+            .with
+            .as_ref()
+            .map(|w| {
+                w.cte_tables
+                    .iter()
+                    .map(|c| normalize_ident(&c.alias.name))
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.ctes.push(names);
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_query(&mut self, _query: &Query) -> ControlFlow<()> {
+        self.depth -= 1;
+        self.ctes.pop();
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_statement(&mut self, statement: &Statement) -> ControlFlow<()> {
+        self.statements += 1;
+        if self.statements > 1
+            && matches!(
+                statement,
+                Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_)
+            )
+            && let Some(plan) = touched_tables(self.rw, statement).first()
+        {
+            return self.refuse(
+                plan,
+                "data-modifying statements inside WITH are not supported on a table under migration yet"
+                    .into(),
+            );
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+        let TableFactor::Table {
+            name, alias, args, ..
+        } = factor
+        else {
+            return ControlFlow::Continue(());
+        };
+        if args.is_some() {
+            return ControlFlow::Continue(()); // a table function, not a table
+        }
+        let Some(parts) = idents(name) else {
+            return ControlFlow::Continue(());
+        };
+        if self.is_cte(&parts) {
+            return ControlFlow::Continue(());
+        }
+        let Some(plan) = self.rw.resolve(&parts).cloned() else {
+            return ControlFlow::Continue(());
+        };
+        if let Some(target) = self.target
+            && self.index.offset(name.span().start) == Some(target.name_start)
+        {
+            return ControlFlow::Continue(());
+        }
+        self.replace_table(&plan, name, alias.is_some())
+    }
+
+    fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+        let Some(target) = self.target else {
+            return ControlFlow::Continue(());
+        };
+        match expr {
+            Expr::Identifier(ident) => {
+                let column = normalize_ident(ident);
+                if target.plan.non_authoritative(&column).is_none() {
+                    return ControlFlow::Continue(());
+                }
+                if self.depth > 0 || target.has_other_tables {
+                    return self.refuse(
+                        &target.plan,
+                        format!(
+                            "column {column} is ambiguous here; qualify it with the table name or alias"
+                        ),
+                    );
+                }
+                self.replace_column(target, expr, &column)
+            }
+            Expr::CompoundIdentifier(parts) if parts.len() == 2 => {
+                if normalize_ident(&parts[0]) != target.qualifier {
+                    return ControlFlow::Continue(());
+                }
+                let column = normalize_ident(&parts[1]);
+                self.replace_column(target, expr, &column)
+            }
+            _ => ControlFlow::Continue(()),
+        }
+    }
+}
+
+/// Rewrites the target-column references of one RETURNING item.
+pub fn rewrite_reads_expr_items(
+    item: &sqlparser::ast::SelectItem,
+    target: &Target,
+    index: &LineIndex<'_>,
+    edits: &mut Edits,
+) -> Result<(), Refusal> {
+    // A Rewriter with no tables: only the target's column references are touched.
+    let empty = Rewriter {
+        tables: Vec::new(),
+        prefilter: super::Prefilter::new([]),
+    };
+    rewrite_reads(&empty, item, Some(target), index, edits)
+}

@@ -1,0 +1,123 @@
+//! Text surgery on the original statement. sqlparser's printer is not faithful (quoted
+//! literals, `- -1`, comments), so a rewritten statement is the original text with new text
+//! spliced in at parsed spans; every byte outside an edit is the client's own.
+
+use std::ops::Range;
+
+use sqlparser::tokenizer::{Location, Span};
+
+/// Maps sqlparser locations (1-based line, 1-based column in characters) to byte offsets.
+pub struct LineIndex<'a> {
+    text: &'a str,
+    line_starts: Vec<usize>,
+}
+
+impl<'a> LineIndex<'a> {
+    pub fn new(text: &'a str) -> LineIndex<'a> {
+        let mut line_starts = vec![0];
+        line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        LineIndex { text, line_starts }
+    }
+
+    /// Byte offset of a location; `None` for the empty location or one past the text.
+    pub fn offset(&self, loc: Location) -> Option<usize> {
+        if loc.line == 0 || loc.column == 0 {
+            return None;
+        }
+        let start = *self.line_starts.get(loc.line as usize - 1)?;
+        let line = &self.text[start..];
+        let col = loc.column as usize - 1;
+        if line.as_bytes()[..line.len().min(col + 1)].is_ascii() {
+            return (start + col <= self.text.len()).then_some(start + col);
+        }
+        match line.char_indices().nth(col) {
+            Some((i, _)) => Some(start + i),
+            None if line.chars().count() == col => Some(self.text.len()),
+            None => None,
+        }
+    }
+
+    /// Byte range of a span (sqlparser spans end exclusively).
+    pub fn range(&self, span: Span) -> Option<Range<usize>> {
+        let start = self.offset(span.start)?;
+        let end = self.offset(span.end)?;
+        (start <= end).then_some(start..end)
+    }
+
+    pub fn text(&self) -> &'a str {
+        self.text
+    }
+}
+
+/// Non-overlapping replacements of byte ranges; insertions are empty ranges.
+#[derive(Debug, Default)]
+pub struct Edits {
+    edits: Vec<(Range<usize>, String)>,
+}
+
+impl Edits {
+    pub fn replace(&mut self, range: Range<usize>, text: impl Into<String>) {
+        self.edits.push((range, text.into()));
+    }
+
+    pub fn insert(&mut self, at: usize, text: impl Into<String>) {
+        self.edits.push((at..at, text.into()));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.edits.is_empty()
+    }
+
+    /// Applies the edits; `None` when two of them overlap (a rewrite bug, refused upstream).
+    pub fn apply(mut self, text: &str) -> Option<String> {
+        // Stable sort keeps insertions at one point in the order they were made.
+        self.edits.sort_by_key(|(r, _)| (r.start, r.end));
+        let mut out = String::with_capacity(text.len() + 64 * self.edits.len());
+        let mut pos = 0;
+        for (range, new) in &self.edits {
+            if range.start < pos || range.end > text.len() {
+                return None;
+            }
+            out.push_str(&text[pos..range.start]);
+            out.push_str(new);
+            pos = range.end;
+        }
+        out.push_str(&text[pos..]);
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loc(line: u64, column: u64) -> Location {
+        Location { line, column }
+    }
+
+    #[test]
+    fn offsets_count_characters_per_line() {
+        let idx = LineIndex::new("ab\n'é' x\n");
+        assert_eq!(idx.offset(loc(1, 1)), Some(0));
+        assert_eq!(idx.offset(loc(2, 1)), Some(3));
+        // 'é' is two bytes: column 4 (the space) is at byte 3 + 4.
+        assert_eq!(idx.offset(loc(2, 4)), Some(7));
+        assert_eq!(idx.offset(loc(0, 0)), None);
+    }
+
+    #[test]
+    fn edits_apply_in_order_and_refuse_overlaps() {
+        let mut e = Edits::default();
+        e.replace(7..12, "(SELECT 1) AS users");
+        e.insert(0, "/* a */");
+        e.insert(0, "/* b */");
+        assert_eq!(
+            e.apply("SELECT users.x").unwrap(),
+            "/* a *//* b */SELECT (SELECT 1) AS users.x"
+        );
+        let mut e = Edits::default();
+        e.replace(0..5, "a");
+        e.replace(3..6, "b");
+        assert!(e.apply("0123456789").is_none());
+    }
+}

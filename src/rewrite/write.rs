@@ -1,0 +1,527 @@
+//! Writes to a migrated table. In expand and switch a write naming one side also sets the
+//! other (`new = up(…)`, `old = down(…)`); in contract only the new side is written, old names
+//! translated. Values feeding `up`/`down` are substituted into the template; a value is copied
+//! only when evaluating it twice cannot differ (literals, parameters, column references and
+//! operators over them), and parameters are pinned with a cast to the column they were written
+//! to, so Postgres deduces the same parameter types as for the client's statement.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sqlparser::ast::{
+    AssignmentTarget, Delete, Expr, FromTable, Insert, OnInsert, Parens, SetExpr, Spanned,
+    Statement, TableFactor, TableObject, Update, Value,
+};
+
+use super::scope::{self, Target, idents};
+use super::splice::{Edits, LineIndex};
+use super::{PairPlan, Refusal, Rewriter, TablePlan, normalize_ident};
+use crate::migration::quote_ident;
+
+pub fn insert(
+    rw: &Rewriter,
+    statement: &Statement,
+    insert: &Insert,
+    index: &LineIndex<'_>,
+    edits: &mut Edits,
+) -> Result<(), Refusal> {
+    let TableObject::TableName(name) = &insert.table else {
+        return scope::rewrite_reads(rw, statement, None, index, edits);
+    };
+    let Some(plan) = idents(name).and_then(|i| rw.resolve(&i).cloned()) else {
+        return scope::rewrite_reads(rw, statement, None, index, edits);
+    };
+    let refuse = |reason: &str| Err(plan.refuse(reason.to_owned()));
+    if let Some(OnInsert::OnConflict(c)) = &insert.on
+        && !matches!(c.action, sqlparser::ast::OnConflictAction::DoNothing)
+    {
+        return refuse("INSERT … ON CONFLICT DO UPDATE is not supported yet");
+    }
+    let Some(source) = &insert.source else {
+        return refuse("INSERT without VALUES or SELECT is not supported");
+    };
+    let SetExpr::Values(values) = source.body.as_ref() else {
+        return refuse("INSERT … SELECT into a table under migration is not supported yet");
+    };
+    if source.with.is_some() || source.order_by.is_some() || source.limit_clause.is_some() {
+        return refuse("this INSERT form is not supported yet");
+    }
+    let width = values.rows.first().map_or(0, |r| r.content.len());
+    // The columns written, as the client named them or in physical order.
+    let columns: Vec<String> = if insert.columns.is_empty() {
+        if width > plan.shape.columns.len() {
+            return refuse("INSERT has more values than the table has columns");
+        }
+        plan.shape.columns[..width]
+            .iter()
+            .map(|c| c.name.clone())
+            .collect()
+    } else {
+        let mut cols = Vec::new();
+        for c in &insert.columns {
+            match idents(c).as_deref() {
+                Some([one]) => cols.push(normalize_ident(one)),
+                _ => return refuse("INSERT column names must be plain identifiers"),
+            }
+        }
+        cols
+    };
+    let changes = plan_changes(&plan, &columns, |_| false)?;
+    if !changes.is_empty() {
+        let Some(rows_ok) = values
+            .rows
+            .iter()
+            .map(|r| r.content.len() == columns.len())
+            .reduce(|a, b| a && b)
+        else {
+            return refuse("INSERT without rows");
+        };
+        if !rows_ok {
+            return refuse("VALUES rows differ in length from the column list");
+        }
+        apply_insert_changes(
+            &plan,
+            insert,
+            name,
+            &columns,
+            &values.rows,
+            &changes,
+            index,
+            edits,
+        )?;
+    }
+    // RETURNING and the VALUES' own subqueries see the table through the usual read rules.
+    scope::rewrite_reads(rw, statement, None, index, edits)?;
+    if let Some(returning) = &insert.returning {
+        returning_refs(&plan, returning, name, index, edits)?;
+    }
+    Ok(())
+}
+
+/// A column added to (or renamed in) a write: `column = template(values)`.
+struct Change<'p> {
+    pair: &'p PairPlan,
+    /// The column written by pgshift.
+    column: String,
+    /// Whether it is added (`true`) or replaces the written old column (contract).
+    added: bool,
+    /// Its type, for pinning parameters copied into the template.
+    writes_new: bool,
+}
+
+/// Decides what a write naming `written` columns must also (or instead) write.
+fn plan_changes<'p>(
+    plan: &'p TablePlan,
+    written: &[String],
+    _reserved: impl Fn(&str) -> bool,
+) -> Result<Vec<Change<'p>>, Refusal> {
+    let mut changes = Vec::new();
+    for pair in &plan.pairs {
+        let has_old = written.contains(&pair.old);
+        let has_new = written.contains(&pair.new);
+        let feeds_up = pair.up.columns().any(|c| written.iter().any(|w| w == c));
+        let feeds_down = pair.down.columns().any(|c| written.iter().any(|w| w == c));
+        if pair.dual_writes() {
+            if (has_old || feeds_up) && !has_new {
+                changes.push(Change {
+                    pair,
+                    column: pair.new.clone(),
+                    added: true,
+                    writes_new: true,
+                });
+            } else if (has_new || feeds_down) && !has_old && pair.old_type.is_some() {
+                changes.push(Change {
+                    pair,
+                    column: pair.old.clone(),
+                    added: true,
+                    writes_new: false,
+                });
+            }
+        } else if has_old {
+            if has_new {
+                return Err(plan.refuse(format!(
+                    "both {} and {} are written; in phase {:?} only {} may be",
+                    pair.old, pair.new, pair.phase, pair.new
+                )));
+            }
+            changes.push(Change {
+                pair,
+                column: pair.new.clone(),
+                added: false,
+                writes_new: true,
+            });
+        }
+    }
+    Ok(changes)
+}
+
+/// Text of a value that may be copied into a template, or why not.
+fn copyable(value: &Expr, index: &LineIndex<'_>, column_type: &str) -> Result<String, String> {
+    if !duplicable(value) {
+        return Err(
+            "a value feeding a migrated column is computed (e.g. a function call); pgshift cannot \
+             evaluate it once on both sides yet"
+                .into(),
+        );
+    }
+    let range = index
+        .range(value.span())
+        .ok_or_else(|| "cannot locate a value".to_owned())?;
+    let text = &index.text()[range];
+    Ok(if contains_placeholder(value) {
+        format!("({text})::{column_type}")
+    } else {
+        format!("({text})")
+    })
+}
+
+/// True for expressions that give the same value however often they are evaluated.
+fn duplicable(e: &Expr) -> bool {
+    match e {
+        Expr::Value(_) | Expr::Identifier(_) | Expr::CompoundIdentifier(_) => true,
+        Expr::Cast { expr, .. } => duplicable(expr),
+        Expr::UnaryOp { expr, .. } => duplicable(expr),
+        Expr::BinaryOp { left, right, .. } => duplicable(left) && duplicable(right),
+        Expr::Nested(inner) => duplicable(inner),
+        Expr::TypedString { .. } => true,
+        _ => false,
+    }
+}
+
+fn contains_placeholder(e: &Expr) -> bool {
+    match e {
+        Expr::Value(v) => matches!(v.value, Value::Placeholder(_)),
+        Expr::Cast { expr, .. } | Expr::UnaryOp { expr, .. } | Expr::Nested(expr) => {
+            contains_placeholder(expr)
+        }
+        Expr::BinaryOp { left, right, .. } => {
+            contains_placeholder(left) || contains_placeholder(right)
+        }
+        _ => false,
+    }
+}
+
+fn is_default(e: &Expr) -> bool {
+    matches!(e, Expr::Identifier(i) if i.quote_style.is_none() && i.value.eq_ignore_ascii_case("default"))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn apply_insert_changes(
+    plan: &TablePlan,
+    insert: &Insert,
+    name: &sqlparser::ast::ObjectName,
+    columns: &[String],
+    rows: &[Parens<Vec<Expr>>],
+    changes: &[Change<'_>],
+    index: &LineIndex<'_>,
+    edits: &mut Edits,
+) -> Result<(), Refusal> {
+    let refuse = |reason: String| plan.refuse(reason);
+    let type_of = |col: &str| {
+        plan.shape
+            .column(col)
+            .map(|c| c.type_sql.clone())
+            .unwrap_or_else(|| "text".into())
+    };
+    // Column list: the added names go after the last column (or a full list is inserted).
+    let added: Vec<&Change<'_>> = changes.iter().filter(|c| c.added).collect();
+    if insert.columns.is_empty() {
+        let mut list: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+        for c in changes {
+            if c.added {
+                list.push(quote_ident(&c.column));
+            } else if let Some(pos) = columns.iter().position(|w| *w == c.pair.old) {
+                list[pos] = quote_ident(&c.column);
+            }
+        }
+        let end = index
+            .range(name.span())
+            .ok_or_else(|| refuse("cannot locate the table name".into()))?
+            .end;
+        edits.insert(end, format!(" ({})", list.join(", ")));
+    } else {
+        for c in changes.iter().filter(|c| !c.added) {
+            let pos = columns
+                .iter()
+                .position(|w| *w == c.pair.old)
+                .expect("old is written");
+            let range = index
+                .range(insert.columns[pos].span())
+                .ok_or_else(|| refuse("cannot locate a column name".into()))?;
+            edits.replace(range, quote_ident(&c.column));
+        }
+        if !added.is_empty() {
+            let last = insert.columns.last().expect("non-empty list");
+            let end = closing_point(index, last.span())
+                .ok_or_else(|| refuse("cannot locate the end of the column list".into()))?;
+            let names: Vec<String> = added.iter().map(|c| quote_ident(&c.column)).collect();
+            edits.insert(end, format!(", {}", names.join(", ")));
+        }
+    }
+    for parens in rows {
+        let row = &parens.content;
+        let mut by_column: HashMap<&str, &Expr> = HashMap::new();
+        for (col, value) in columns.iter().zip(row) {
+            by_column.insert(col.as_str(), value);
+        }
+        let render = |change: &Change<'_>| -> Result<String, Refusal> {
+            let template = if change.writes_new {
+                &change.pair.up
+            } else {
+                &change.pair.down
+            };
+            let mut failure = None;
+            let text = template.render(|col| match by_column.get(col) {
+                Some(v) if is_default(v) => {
+                    failure = Some(format!("DEFAULT given for column {col}, which feeds {}", change.column));
+                    String::new()
+                }
+                Some(v) => copyable(v, index, &type_of(col)).unwrap_or_else(|e| {
+                    failure = Some(e);
+                    String::new()
+                }),
+                None => match plan.shape.column(col).and_then(|c| c.default.as_ref()) {
+                    None => "NULL".into(),
+                    Some(_) => {
+                        failure = Some(format!(
+                            "column {col} feeds {} but is not written and has a default; list it explicitly",
+                            change.column
+                        ));
+                        String::new()
+                    }
+                },
+            });
+            match failure {
+                Some(reason) => Err(plan.refuse(reason)),
+                None => Ok(text),
+            }
+        };
+        let mut appended = Vec::new();
+        for change in changes {
+            let text = render(change)?;
+            if change.added {
+                appended.push(text);
+            } else {
+                let pos = columns
+                    .iter()
+                    .position(|w| *w == change.pair.old)
+                    .expect("old is written");
+                let value = &row[pos];
+                if is_default(value) {
+                    continue; // DEFAULT for the renamed column: the new column's default applies
+                }
+                let range = index
+                    .range(value.span())
+                    .ok_or_else(|| refuse("cannot locate a value".into()))?;
+                edits.replace(range, text);
+            }
+        }
+        if !appended.is_empty() {
+            // The row's closing parenthesis is a token with an exact position.
+            let end = index
+                .offset(parens.closing_token.0.span.start)
+                .ok_or_else(|| refuse("cannot locate the end of a VALUES row".into()))?;
+            edits.insert(end, format!(", {}", appended.join(", ")));
+        }
+    }
+    Ok(())
+}
+
+/// The offset right after a list's last element, provided the next token is its closing
+/// parenthesis (guards against spans that stop short of a nested expression's end).
+fn closing_point(index: &LineIndex<'_>, span: sqlparser::tokenizer::Span) -> Option<usize> {
+    let end = index.range(span)?.end;
+    let rest = &index.text()[end..];
+    rest.trim_start().starts_with(')').then_some(end)
+}
+
+/// RETURNING of INSERT in contract: old names are not written any more, so they answer with
+/// `down(new)` computed from the row.
+fn returning_refs(
+    plan: &Arc<TablePlan>,
+    returning: &[sqlparser::ast::SelectItem],
+    name: &sqlparser::ast::ObjectName,
+    index: &LineIndex<'_>,
+    edits: &mut Edits,
+) -> Result<(), Refusal> {
+    if plan.pairs.iter().all(|p| p.dual_writes()) {
+        return Ok(()); // both sides were written by this very statement
+    }
+    let parts = idents(name).unwrap_or_default();
+    let qualifier = parts.last().map(normalize_ident).unwrap_or_default();
+    let target = Target {
+        plan: plan.clone(),
+        qualifier_text: quote_ident(&qualifier),
+        qualifier,
+        name_start: usize::MAX,
+        has_other_tables: false,
+    };
+    for item in returning {
+        scope::rewrite_reads_expr_items(item, &target, index, edits)?;
+    }
+    Ok(())
+}
+
+pub fn update(
+    rw: &Rewriter,
+    statement: &Statement,
+    update: &Update,
+    index: &LineIndex<'_>,
+    edits: &mut Edits,
+) -> Result<(), Refusal> {
+    let Some((plan, target)) = dml_target(
+        rw,
+        &update.table.relation,
+        index,
+        update.from.is_some() || !update.table.joins.is_empty(),
+    )?
+    else {
+        return scope::rewrite_reads(rw, statement, None, index, edits);
+    };
+    let mut written = Vec::new();
+    let mut values: HashMap<String, &Expr> = HashMap::new();
+    for a in &update.assignments {
+        let AssignmentTarget::ColumnName(col) = &a.target else {
+            return Err(plan.refuse("UPDATE … SET (a, b) = (…) is not supported yet".into()));
+        };
+        let Some(col) = idents(col).and_then(|i| i.last().map(normalize_ident)) else {
+            return Err(plan.refuse("UPDATE SET target must be a column name".into()));
+        };
+        values.insert(col.clone(), &a.value);
+        written.push(col);
+    }
+    let changes = plan_changes(&plan, &written, |_| false)?;
+    let type_of = |col: &str| {
+        plan.shape
+            .column(col)
+            .map(|c| c.type_sql.clone())
+            .unwrap_or_else(|| "text".into())
+    };
+    let mut added = Vec::new();
+    for change in &changes {
+        let template = if change.writes_new {
+            &change.pair.up
+        } else {
+            &change.pair.down
+        };
+        let mut failure = None;
+        let text = template.render(|col| match values.get(col) {
+            Some(v) if is_default(v) => {
+                failure = Some(format!("SET {col} = DEFAULT feeds {}", change.column));
+                String::new()
+            }
+            Some(v) => copyable(v, index, &type_of(col)).unwrap_or_else(|e| {
+                failure = Some(e);
+                String::new()
+            }),
+            None => format!("{}.{}", target.qualifier_text, quote_ident(col)),
+        });
+        if let Some(reason) = failure {
+            return Err(plan.refuse(reason));
+        }
+        if change.added {
+            added.push(format!("{} = {text}", quote_ident(&change.column)));
+        } else {
+            let pos = written
+                .iter()
+                .position(|w| *w == change.pair.old)
+                .expect("written");
+            let a = &update.assignments[pos];
+            let AssignmentTarget::ColumnName(col) = &a.target else {
+                unreachable!()
+            };
+            let name_range = index.range(col.span());
+            let value_range = index.range(a.value.span());
+            let (Some(n), Some(v)) = (name_range, value_range) else {
+                return Err(plan.refuse("cannot locate an assignment".into()));
+            };
+            if !duplicable(&a.value) {
+                return Err(plan.refuse(
+                    "a value written to a migrated column is computed; not supported in this phase yet".into(),
+                ));
+            }
+            edits.replace(n, quote_ident(&change.column));
+            edits.replace(v, text);
+        }
+    }
+    if !added.is_empty() {
+        // New assignments go first: a SET target's span is exact, a value's may not be.
+        let first = update.assignments.first().expect("UPDATE has assignments");
+        let start = match &first.target {
+            AssignmentTarget::ColumnName(c) => index.range(c.span()).map(|r| r.start),
+            AssignmentTarget::Tuple(_) => None,
+        }
+        .ok_or_else(|| plan.refuse("cannot locate the SET list".into()))?;
+        edits.insert(start, format!("{}, ", added.join(", ")));
+    }
+    scope::rewrite_reads(rw, statement, Some(&target), index, edits)
+}
+
+pub fn delete(
+    rw: &Rewriter,
+    statement: &Statement,
+    delete: &Delete,
+    index: &LineIndex<'_>,
+    edits: &mut Edits,
+) -> Result<(), Refusal> {
+    let tables = match &delete.from {
+        FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => t,
+    };
+    let [table] = tables.as_slice() else {
+        return scope::rewrite_reads(rw, statement, None, index, edits);
+    };
+    let others = delete.using.is_some() || !table.joins.is_empty();
+    match dml_target(rw, &table.relation, index, others)? {
+        Some((_, target)) => scope::rewrite_reads(rw, statement, Some(&target), index, edits),
+        None => scope::rewrite_reads(rw, statement, None, index, edits),
+    }
+}
+
+/// The migrated table an UPDATE/DELETE writes, if it is one.
+fn dml_target(
+    rw: &Rewriter,
+    relation: &TableFactor,
+    index: &LineIndex<'_>,
+    has_other_tables: bool,
+) -> Result<Option<(Arc<TablePlan>, Target)>, Refusal> {
+    let TableFactor::Table { name, alias, .. } = relation else {
+        return Ok(None);
+    };
+    let Some(parts) = idents(name) else {
+        return Ok(None);
+    };
+    let Some(plan) = rw.resolve(&parts).cloned() else {
+        return Ok(None);
+    };
+    let name_start = index
+        .range(name.span())
+        .ok_or_else(|| plan.refuse("cannot locate the table name".into()))?
+        .start;
+    let (qualifier, qualifier_text) = match alias {
+        Some(a) => (
+            normalize_ident(&a.name),
+            index
+                .range(a.name.span)
+                .map(|r| index.text()[r].to_owned())
+                .unwrap_or_else(|| quote_ident(&a.name.value)),
+        ),
+        None => {
+            let last = parts.last().expect("resolved names have parts");
+            (
+                normalize_ident(last),
+                index
+                    .range(last.span)
+                    .map(|r| index.text()[r].to_owned())
+                    .unwrap_or_else(|| quote_ident(&last.value)),
+            )
+        }
+    };
+    let target = Target {
+        plan: plan.clone(),
+        qualifier,
+        qualifier_text,
+        name_start,
+        has_other_tables,
+    };
+    Ok(Some((plan, target)))
+}
