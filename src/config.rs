@@ -305,24 +305,50 @@ impl Config {
                     }
                 }
             }
-            let mut olds = HashSet::new();
-            for c in &m.columns {
-                if c.old.is_empty() || c.new.is_empty() {
-                    return Err(invalid(
-                        format!("{key}.columns"),
-                        "old and new must be non-empty",
-                    ));
-                }
-                if !olds.insert(c.old.as_str()) {
-                    return Err(invalid(
-                        format!("{key}.columns"),
-                        format!("column {:?} is mapped twice", c.old),
-                    ));
-                }
-            }
+            validate_columns(&key, &m.columns)?;
         }
         Ok(())
     }
+}
+
+/// A migration's `[[migration.columns]]`: each new column is produced once; one old column may
+/// be split into several new ones, and then every entry naming it must give the same `down`,
+/// since the old column can only be computed back one way.
+fn validate_columns(key: &str, columns: &[ColumnMapping]) -> Result<(), ConfigError> {
+    let mut news = HashSet::new();
+    for c in columns {
+        if c.old.is_empty() || c.new.is_empty() {
+            return Err(invalid(
+                format!("{key}.columns"),
+                "old and new must be non-empty",
+            ));
+        }
+        if !news.insert(c.new.as_str()) {
+            return Err(invalid(
+                format!("{key}.columns"),
+                format!("new column {:?} is mapped twice", c.new),
+            ));
+        }
+    }
+    for (i, c) in columns.iter().enumerate() {
+        let split: Vec<&ColumnMapping> = columns.iter().filter(|o| o.old == c.old).collect();
+        // Check each old column once, at its first entry.
+        if split.len() < 2 || columns[..i].iter().any(|o| o.old == c.old) {
+            continue;
+        }
+        let downs: Vec<Option<&str>> = split.iter().map(|o| o.down.as_deref()).collect();
+        if downs.iter().any(Option::is_none) || downs.windows(2).any(|w| w[0] != w[1]) {
+            return Err(invalid(
+                format!("{key}.columns"),
+                format!(
+                    "old column {:?} is split into several new columns, so every entry for it \
+                     needs the same explicit down",
+                    c.old
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Splits `host:port` (IPv6 hosts in brackets) and checks the port.
@@ -441,6 +467,56 @@ mod tests {
                 .to_string()
                 .contains("phase")
         );
+    }
+
+    #[test]
+    fn one_old_column_may_split_but_new_columns_are_produced_once() {
+        let base = format!(
+            "{MINIMAL}[[migration]]\nname = \"split_name\"\ndatabase = \"app\"\ntable = \"users\"\nkind = \"columns\"\n"
+        );
+        let entry = |old: &str, new: &str, down: Option<&str>| {
+            let down = down.map(|d| format!("down = {d:?}\n")).unwrap_or_default();
+            format!("[[migration.columns]]\nold = {old:?}\nnew = {new:?}\n{down}")
+        };
+        let down = "first || ' ' || last";
+        let split = format!(
+            "{base}{}{}",
+            entry("name", "first", Some(down)),
+            entry("name", "last", Some(down))
+        );
+        let c = Config::parse(&split).unwrap();
+        assert_eq!(c.migrations[0].columns.len(), 2);
+
+        let cases = [
+            (
+                format!("{base}{}{}", entry("a", "x", None), entry("b", "x", None)),
+                "new column \"x\" is mapped twice",
+            ),
+            (
+                format!(
+                    "{base}{}{}",
+                    entry("name", "first", Some(down)),
+                    entry("name", "last", None)
+                ),
+                "same explicit down",
+            ),
+            (
+                format!(
+                    "{base}{}{}",
+                    entry("name", "first", Some(down)),
+                    entry("name", "last", Some("last"))
+                ),
+                "same explicit down",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = Config::parse(&text).unwrap_err().to_string();
+            assert!(err.contains(expected), "{err}");
+            assert!(
+                err.contains("split_name"),
+                "error must name the migration: {err}"
+            );
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cancel;
+pub mod catalog;
 pub mod config;
 pub mod ephemeral;
 pub mod metrics;
@@ -23,5 +24,6 @@ pub mod net;
 pub mod rewrite;
 pub mod server;
 pub mod session;
+pub mod snapshot;
 pub mod tls;
 pub mod wire;

@@ -7,6 +7,7 @@
 //! original text ([`splice`]) and the result is re-parsed as a check. Anything that cannot be
 //! rewritten safely is a [`Refusal`], never a half-migrated statement.
 
+mod cache;
 mod expr;
 mod plan;
 mod prefilter;
@@ -22,6 +23,7 @@ use sqlparser::parser::Parser;
 
 use crate::migration::{MigratedTable, QualifiedName};
 
+pub use cache::RewriteCache;
 pub use plan::{PairPlan, TablePlan};
 pub use prefilter::Prefilter;
 
