@@ -1,68 +1,13 @@
 //! Rewrite-engine costs: the pre-filter on passthrough statements, a cached rewrite, and cold
 //! parse+rewrite of typical statements (DESIGN §7). Run with `cargo bench --bench rewrite`.
 
-use std::hint::black_box;
-use std::sync::Arc;
-
 use criterion::{Criterion, criterion_group, criterion_main};
-use pgshift::migration::{
-    ColumnInfo, ColumnPair, ColumnsMigration, MigratedTable, Phase, QualifiedName, TableShape,
-};
-use pgshift::rewrite::{RewriteCache, Rewriter};
+use pgshift::migration::Phase;
+use pgshift::rewrite::{RewriteCache, Rewriter, fixtures};
+use std::hint::black_box;
 
 fn rewriter() -> Rewriter {
-    let col = |name: &str, ty: &str| ColumnInfo {
-        name: name.into(),
-        type_oid: 0,
-        type_sql: ty.into(),
-        not_null: false,
-        default: None,
-    };
-    let shape = TableShape {
-        name: QualifiedName::parse("public.users").unwrap(),
-        columns: vec![
-            col("id", "integer"),
-            col("user_name", "text"),
-            col("age", "text"),
-            col("display_name", "text"),
-            col("age_int", "integer"),
-        ],
-        key: vec!["id".into()],
-    };
-    let migration = |name: &str, old: &str, new: &str, up: &str, down: &str| {
-        Arc::new(ColumnsMigration {
-            name: name.into(),
-            database: "app".into(),
-            table: shape.name.clone(),
-            phase: Phase::Expand,
-            pairs: vec![ColumnPair {
-                old: old.into(),
-                new: new.into(),
-                up: up.into(),
-                down: down.into(),
-            }],
-        })
-    };
-    let table = MigratedTable {
-        shape: shape.clone(),
-        migrations: vec![
-            migration(
-                "rename",
-                "user_name",
-                "display_name",
-                "user_name",
-                "display_name",
-            ),
-            migration(
-                "retype",
-                "age",
-                "age_int",
-                "CASE WHEN age ~ '^[0-9]+$' THEN age::integer END",
-                "age_int::text",
-            ),
-        ],
-    };
-    Rewriter::new(&[table]).unwrap()
+    Rewriter::new(&[fixtures::users_table(Phase::Expand, Phase::Expand)]).unwrap()
 }
 
 fn benches(c: &mut Criterion) {

@@ -9,6 +9,8 @@
 
 mod cache;
 mod expr;
+#[doc(hidden)]
+pub mod fixtures;
 mod plan;
 mod prefilter;
 mod scope;

@@ -1,71 +1,11 @@
 //! Table-driven tests of the engine: input SQL and phase → expected SQL (which must re-parse),
 //! or a refusal.
 
-use std::sync::Arc;
-
 use super::*;
-use crate::migration::{
-    ColumnInfo, ColumnPair, ColumnsMigration, MigratedTable, Phase, QualifiedName, TableShape,
-};
-
-fn col(name: &str, oid: u32, ty: &str) -> ColumnInfo {
-    ColumnInfo {
-        name: name.into(),
-        type_oid: oid,
-        type_sql: ty.into(),
-        not_null: false,
-        default: None,
-    }
-}
+use crate::migration::Phase;
 
 fn users(rename: Phase, retype: Phase) -> Rewriter {
-    let shape = TableShape {
-        name: QualifiedName::parse("public.users").unwrap(),
-        columns: vec![
-            col("id", 23, "integer"),
-            col("user_name", 25, "text"),
-            col("age", 25, "text"),
-            col("display_name", 25, "text"),
-            col("age_int", 23, "integer"),
-        ],
-        key: vec!["id".into()],
-    };
-    let m = |name: &str, phase, old: &str, new: &str, up: &str, down: &str| {
-        Arc::new(ColumnsMigration {
-            name: name.into(),
-            database: "app".into(),
-            table: shape.name.clone(),
-            phase,
-            pairs: vec![ColumnPair {
-                old: old.into(),
-                new: new.into(),
-                up: up.into(),
-                down: down.into(),
-            }],
-        })
-    };
-    let table = MigratedTable {
-        shape: shape.clone(),
-        migrations: vec![
-            m(
-                "users_display_name",
-                rename,
-                "user_name",
-                "display_name",
-                "user_name",
-                "display_name",
-            ),
-            m(
-                "users_age_int",
-                retype,
-                "age",
-                "age_int",
-                "CASE WHEN age ~ '^[0-9]+$' THEN age::integer END",
-                "age_int::text",
-            ),
-        ],
-    };
-    Rewriter::new(&[table]).unwrap()
+    Rewriter::new(&[fixtures::users_table(rename, retype)]).unwrap()
 }
 
 const EXPAND_DERIVED: &str = "(SELECT id, user_name, age, (user_name)::text AS display_name, (CASE WHEN age ~ '^[0-9]+$' THEN age::integer END)::integer AS age_int FROM public.users)";
