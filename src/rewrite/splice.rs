@@ -121,3 +121,61 @@ mod tests {
         assert!(e.apply("0123456789").is_none());
     }
 }
+
+/// Exact byte ranges of the comma-separated items in `text[inner]` (the inside of a
+/// parenthesized list), found by tokenizing: expression spans from the parser can stop short
+/// (a function call's span ends at its name), token positions cannot. `None` if the text does
+/// not tokenize or an item is empty.
+pub fn list_items(text: &str, inner: Range<usize>) -> Option<Vec<Range<usize>>> {
+    use sqlparser::dialect::PostgreSqlDialect;
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    let slice = &text[inner.clone()];
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, slice)
+        .tokenize_with_location()
+        .ok()?;
+    let index = LineIndex::new(slice);
+    let mut items = Vec::new();
+    let mut depth = 0i32;
+    let mut current: Option<Range<usize>> = None;
+    for t in &tokens {
+        match &t.token {
+            Token::Whitespace(_) | Token::EOF => continue,
+            Token::Comma if depth == 0 => {
+                items.push(current.take()?);
+                continue;
+            }
+            Token::LParen | Token::LBracket => depth += 1,
+            Token::RParen | Token::RBracket => depth -= 1,
+            _ => {}
+        }
+        let r = index.range(t.span)?;
+        current = Some(match current {
+            Some(c) => c.start..r.end,
+            None => r,
+        });
+    }
+    items.push(current?);
+    Some(
+        items
+            .into_iter()
+            .map(|r| inner.start + r.start..inner.start + r.end)
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod list_tests {
+    use super::*;
+
+    #[test]
+    fn items_are_split_at_top_level_commas_only() {
+        let text = "(gen_random_uuid()::text, lower( 'a,b' ) /* c, d */, (1, 2), $1)";
+        let items = list_items(text, 1..text.len() - 1).unwrap();
+        let got: Vec<&str> = items.iter().map(|r| &text[r.clone()]).collect();
+        assert_eq!(
+            got,
+            ["gen_random_uuid()::text", "lower( 'a,b' )", "(1, 2)", "$1"]
+        );
+        assert!(list_items("(1,,2)", 1..5).is_none());
+    }
+}

@@ -129,6 +129,31 @@ fn inserts_dual_write_in_expand_and_switch() {
 }
 
 #[test]
+fn computed_values_are_evaluated_once_through_a_derived_row() {
+    let rw = users(Phase::Expand, Phase::Planned);
+    assert_eq!(
+        rewritten(
+            &rw,
+            "INSERT INTO users (id, user_name) VALUES ($1, gen_random_uuid()::text), (2, lower( 'A' )) ON CONFLICT DO NOTHING RETURNING id"
+        ),
+        "INSERT INTO users (id, user_name, display_name) SELECT pgshift_v.c1, pgshift_v.c2, (pgshift_v.c2) FROM (VALUES (CAST($1 AS integer), CAST(gen_random_uuid()::text AS text)), (CAST(2 AS integer), CAST(lower( 'A' ) AS text))) AS pgshift_v(c1, c2) ON CONFLICT DO NOTHING RETURNING id"
+    );
+    let rw = users(Phase::Contract, Phase::Planned);
+    assert_eq!(
+        rewritten(
+            &rw,
+            "INSERT INTO users (id, user_name) VALUES (1, md5(random()::text))"
+        ),
+        "INSERT INTO users (id, display_name) SELECT pgshift_v.c1, (pgshift_v.c2) FROM (VALUES (CAST(1 AS integer), CAST(md5(random()::text) AS text))) AS pgshift_v(c1, c2)"
+    );
+    let rw = users(Phase::Expand, Phase::Planned);
+    refused(
+        &rw,
+        "INSERT INTO users (id, user_name) VALUES (DEFAULT, now()::text)",
+    );
+}
+
+#[test]
 fn contract_writes_only_the_new_side() {
     let rw = users(Phase::Contract, Phase::Planned);
     assert_eq!(
@@ -169,7 +194,6 @@ fn updates_set_the_counterpart_and_read_the_authoritative_side() {
 fn unsafe_statements_are_refused_naming_the_migration() {
     let rw = users(Phase::Expand, Phase::Expand);
     for sql in [
-        "INSERT INTO users (id, user_name) VALUES (1, gen_random_uuid()::text)",
         "UPDATE users SET user_name = random()::text",
         "ALTER TABLE users ADD COLUMN x int",
         "COPY users FROM STDIN",

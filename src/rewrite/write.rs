@@ -79,7 +79,21 @@ pub fn insert(
         if !rows_ok {
             return refuse("VALUES rows differ in length from the column list");
         }
-        apply_insert_changes(
+        let evaluate_once = values.rows.iter().any(|row| {
+            changes.iter().any(|ch| {
+                feeds(ch).any(|c| {
+                    columns.iter().position(|w| w == c).is_some_and(|i| {
+                        !duplicable(&row.content[i]) && !is_default(&row.content[i])
+                    })
+                })
+            })
+        });
+        let apply = if evaluate_once {
+            apply_insert_derived
+        } else {
+            apply_insert_changes
+        };
+        apply(
             &plan,
             insert,
             name,
@@ -205,25 +219,18 @@ fn is_default(e: &Expr) -> bool {
     matches!(e, Expr::Identifier(i) if i.quote_style.is_none() && i.value.eq_ignore_ascii_case("default"))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn apply_insert_changes(
+/// The column list of a rewritten INSERT: added names go after the last column (or a whole
+/// list is inserted after the table name); in contract the old name is replaced.
+fn column_list_edits(
     plan: &TablePlan,
     insert: &Insert,
     name: &sqlparser::ast::ObjectName,
     columns: &[String],
-    rows: &[Parens<Vec<Expr>>],
     changes: &[Change<'_>],
     index: &LineIndex<'_>,
     edits: &mut Edits,
 ) -> Result<(), Refusal> {
     let refuse = |reason: String| plan.refuse(reason);
-    let type_of = |col: &str| {
-        plan.shape
-            .column(col)
-            .map(|c| c.type_sql.clone())
-            .unwrap_or_else(|| "text".into())
-    };
-    // Column list: the added names go after the last column (or a full list is inserted).
     let added: Vec<&Change<'_>> = changes.iter().filter(|c| c.added).collect();
     if insert.columns.is_empty() {
         let mut list: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
@@ -258,6 +265,28 @@ fn apply_insert_changes(
             edits.insert(end, format!(", {}", names.join(", ")));
         }
     }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn apply_insert_changes(
+    plan: &TablePlan,
+    insert: &Insert,
+    name: &sqlparser::ast::ObjectName,
+    columns: &[String],
+    rows: &[Parens<Vec<Expr>>],
+    changes: &[Change<'_>],
+    index: &LineIndex<'_>,
+    edits: &mut Edits,
+) -> Result<(), Refusal> {
+    let refuse = |reason: String| plan.refuse(reason);
+    let type_of = |col: &str| {
+        plan.shape
+            .column(col)
+            .map(|c| c.type_sql.clone())
+            .unwrap_or_else(|| "text".into())
+    };
+    column_list_edits(plan, insert, name, columns, changes, index, edits)?;
     for parens in rows {
         let row = &parens.content;
         let mut by_column: HashMap<&str, &Expr> = HashMap::new();
@@ -324,6 +353,118 @@ fn apply_insert_changes(
             edits.insert(end, format!(", {}", appended.join(", ")));
         }
     }
+    Ok(())
+}
+
+/// The columns whose written values a change reads.
+fn feeds<'c>(change: &'c Change<'_>) -> Box<dyn Iterator<Item = &'c str> + 'c> {
+    if change.added {
+        let template = if change.writes_new {
+            &change.pair.up
+        } else {
+            &change.pair.down
+        };
+        Box::new(template.columns())
+    } else {
+        Box::new(std::iter::once(change.pair.old.as_str()))
+    }
+}
+
+/// INSERT … VALUES whose values must be evaluated once (volatile functions and the like):
+/// the rows become a derived row set, `INSERT INTO t (a, b, new) SELECT pgshift_v.c1,
+/// pgshift_v.c2, up(pgshift_v.…) FROM (VALUES (CAST(… AS type_a), …)) AS pgshift_v(c1, c2)`.
+/// Each value is cast to the type of the column it was written to, so literals and
+/// parameters keep the types Postgres would have given them.
+#[allow(clippy::too_many_arguments)]
+fn apply_insert_derived(
+    plan: &TablePlan,
+    insert: &Insert,
+    name: &sqlparser::ast::ObjectName,
+    columns: &[String],
+    rows: &[Parens<Vec<Expr>>],
+    changes: &[Change<'_>],
+    index: &LineIndex<'_>,
+    edits: &mut Edits,
+) -> Result<(), Refusal> {
+    let refuse = |reason: &str| plan.refuse(reason.to_owned());
+    if rows.iter().any(|r| r.content.iter().any(is_default)) {
+        return Err(refuse(
+            "DEFAULT in a row whose values pgshift must evaluate once is not supported yet",
+        ));
+    }
+    column_list_edits(plan, insert, name, columns, changes, index, edits)?;
+    let text = index.text();
+    let first_open = index
+        .offset(rows[0].opening_token.0.span.start)
+        .ok_or_else(|| refuse("cannot locate VALUES"))?;
+    let before = text[..first_open].trim_end();
+    if !before.to_ascii_lowercase().ends_with("values") {
+        return Err(refuse("cannot locate the VALUES keyword"));
+    }
+    let values_start = before.len() - "values".len();
+    let v = |col: &str| -> Result<String, Refusal> {
+        match columns.iter().position(|w| w == col) {
+            Some(i) => Ok(format!("pgshift_v.c{}", i + 1)),
+            None => match plan.shape.column(col).and_then(|c| c.default.as_ref()) {
+                None => Ok("NULL".into()),
+                Some(_) => Err(refuse(&format!(
+                    "column {col} is read by a migration but not written and has a default; list it explicitly"
+                ))),
+            },
+        }
+    };
+    let render = |template: &super::expr::ColumnExpr| -> Result<String, Refusal> {
+        let mut failure = None;
+        let out = template.render(|col| {
+            v(col).unwrap_or_else(|e| {
+                failure = Some(e);
+                String::new()
+            })
+        });
+        failure.map_or(Ok(out), Err)
+    };
+    let mut select = Vec::new();
+    for (i, col) in columns.iter().enumerate() {
+        match changes.iter().find(|c| !c.added && c.pair.old == *col) {
+            Some(renamed) => select.push(render(&renamed.pair.up)?),
+            None => select.push(format!("pgshift_v.c{}", i + 1)),
+        }
+    }
+    for change in changes.iter().filter(|c| c.added) {
+        let template = if change.writes_new {
+            &change.pair.up
+        } else {
+            &change.pair.down
+        };
+        select.push(render(template)?);
+    }
+    edits.insert(values_start, format!("SELECT {} FROM (", select.join(", ")));
+    let type_of = |col: &str| {
+        plan.shape
+            .column(col)
+            .map(|c| c.type_sql.clone())
+            .unwrap_or_else(|| "text".into())
+    };
+    for row in rows {
+        let (Some(open), Some(close)) = (
+            index.offset(row.opening_token.0.span.end),
+            index.offset(row.closing_token.0.span.start),
+        ) else {
+            return Err(refuse("cannot locate a VALUES row"));
+        };
+        let items = super::splice::list_items(text, open..close)
+            .filter(|items| items.len() == columns.len())
+            .ok_or_else(|| refuse("cannot split a VALUES row"))?;
+        for (item, col) in items.iter().zip(columns) {
+            edits.insert(item.start, "CAST(");
+            edits.insert(item.end, format!(" AS {})", type_of(col)));
+        }
+    }
+    let last_close = index
+        .offset(rows[rows.len() - 1].closing_token.0.span.end)
+        .ok_or_else(|| refuse("cannot locate the end of VALUES"))?;
+    let names: Vec<String> = (1..=columns.len()).map(|i| format!("c{i}")).collect();
+    edits.insert(last_close, format!(") AS pgshift_v({})", names.join(", ")));
     Ok(())
 }
 
