@@ -122,6 +122,14 @@ impl TablePlan {
         self.shape.column(column).is_some() || self.pairs.iter().any(|p| p.old == column)
     }
 
+    /// The SQL type of a column, for casts; `text` for a name the table does not have (an old
+    /// column already dropped), which is what Postgres gives an untyped literal.
+    pub fn type_of(&self, column: &str) -> String {
+        self.shape
+            .column(column)
+            .map_or_else(|| "text".to_owned(), |c| c.type_sql.clone())
+    }
+
     pub fn migrations(&self) -> impl Iterator<Item = &str> {
         self.pairs.iter().map(|p| &*p.migration)
     }

@@ -280,12 +280,6 @@ fn apply_insert_changes(
     edits: &mut Edits,
 ) -> Result<(), Refusal> {
     let refuse = |reason: String| plan.refuse(reason);
-    let type_of = |col: &str| {
-        plan.shape
-            .column(col)
-            .map(|c| c.type_sql.clone())
-            .unwrap_or_else(|| "text".into())
-    };
     column_list_edits(plan, insert, name, columns, changes, index, edits)?;
     for parens in rows {
         let row = &parens.content;
@@ -305,7 +299,7 @@ fn apply_insert_changes(
                     failure = Some(format!("DEFAULT given for column {col}, which feeds {}", change.column));
                     String::new()
                 }
-                Some(v) => copyable(v, index, &type_of(col)).unwrap_or_else(|e| {
+                Some(v) => copyable(v, index, &plan.type_of(col)).unwrap_or_else(|e| {
                     failure = Some(e);
                     String::new()
                 }),
@@ -439,12 +433,6 @@ fn apply_insert_derived(
         select.push(render(template)?);
     }
     edits.insert(values_start, format!("SELECT {} FROM (", select.join(", ")));
-    let type_of = |col: &str| {
-        plan.shape
-            .column(col)
-            .map(|c| c.type_sql.clone())
-            .unwrap_or_else(|| "text".into())
-    };
     for row in rows {
         let (Some(open), Some(close)) = (
             index.offset(row.opening_token.0.span.end),
@@ -457,7 +445,7 @@ fn apply_insert_derived(
             .ok_or_else(|| refuse("cannot split a VALUES row"))?;
         for (item, col) in items.iter().zip(columns) {
             edits.insert(item.start, "CAST(");
-            edits.insert(item.end, format!(" AS {})", type_of(col)));
+            edits.insert(item.end, format!(" AS {})", plan.type_of(col)));
         }
     }
     let last_close = index
@@ -532,12 +520,6 @@ pub fn update(
         written.push(col);
     }
     let changes = plan_changes(&plan, &written, |_| false)?;
-    let type_of = |col: &str| {
-        plan.shape
-            .column(col)
-            .map(|c| c.type_sql.clone())
-            .unwrap_or_else(|| "text".into())
-    };
     let mut added = Vec::new();
     for change in &changes {
         let template = if change.writes_new {
@@ -551,7 +533,7 @@ pub fn update(
                 failure = Some(format!("SET {col} = DEFAULT feeds {}", change.column));
                 String::new()
             }
-            Some(v) => copyable(v, index, &type_of(col)).unwrap_or_else(|e| {
+            Some(v) => copyable(v, index, &plan.type_of(col)).unwrap_or_else(|e| {
                 failure = Some(e);
                 String::new()
             }),
