@@ -105,11 +105,33 @@ fn serve(path: PathBuf) -> anyhow::Result<()> {
         stdout.flush()?;
         drop(stdout);
         let signals = tokio::spawn(wait_for_signals(shutdown.clone()));
+        let running = std::sync::Arc::new(running);
+        let reloads = tokio::spawn(reload_on_sighup(running.clone(), path.clone()));
+        shutdown.cancelled().await;
+        reloads.abort();
+        let _ = reloads.await;
+        let running = std::sync::Arc::into_inner(running).expect("the reload task has ended");
         running.wait().await;
         signals.abort();
         info!("pgshift stopped");
         Ok(())
     })
+}
+
+/// SIGHUP re-reads the migrations of the config file.
+async fn reload_on_sighup(running: std::sync::Arc<server::Running>, path: PathBuf) {
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        warn!("cannot install the SIGHUP handler");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match running.reload(&path).await {
+            Ok(epoch) => info!(epoch, "configuration reloaded"),
+            Err(e) => {
+                warn!(error = %e, "configuration reload failed; the previous one stays in force")
+            }
+        }
+    }
 }
 
 /// SIGTERM or SIGINT starts a graceful shutdown; a second one exits at once.

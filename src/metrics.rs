@@ -15,7 +15,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use metrics::{Counter, Gauge, counter, gauge};
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -24,12 +24,16 @@ use tokio_util::task::TaskTracker;
 pub const CLIENT_CONNECTIONS: &str = "pgshift_client_connections";
 pub const STATEMENTS_TOTAL: &str = "pgshift_statements_total";
 pub const UPSTREAM_ERRORS_TOTAL: &str = "pgshift_upstream_errors_total";
+pub const REWRITE_SECONDS: &str = "pgshift_rewrite_seconds";
 
 /// The process's metric handles.
 #[derive(Clone)]
 pub struct Metrics {
     pub client_connections: Gauge,
     pub statements_passthrough: Counter,
+    pub statements_rewritten: Counter,
+    pub statements_refused: Counter,
+    pub rewrite_seconds: Histogram,
     pub upstream_errors: Counter,
 }
 
@@ -45,9 +49,17 @@ impl Metrics {
             UPSTREAM_ERRORS_TOTAL,
             "Failures to connect to, or lost connections with, the upstream PostgreSQL."
         );
+        metrics::describe_histogram!(
+            REWRITE_SECONDS,
+            metrics::Unit::Seconds,
+            "Time to rewrite a statement that may touch a migrated table (cache hits included)."
+        );
         Metrics {
             client_connections: gauge!(CLIENT_CONNECTIONS),
             statements_passthrough: counter!(STATEMENTS_TOTAL, "action" => "passthrough"),
+            statements_rewritten: counter!(STATEMENTS_TOTAL, "action" => "rewritten"),
+            statements_refused: counter!(STATEMENTS_TOTAL, "action" => "refused"),
+            rewrite_seconds: histogram!(REWRITE_SECONDS),
             upstream_errors: counter!(UPSTREAM_ERRORS_TOTAL),
         }
     }

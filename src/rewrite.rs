@@ -58,12 +58,18 @@ impl Refusal {
     }
 }
 
-/// Everything needed to rewrite statements for one database under one snapshot.
-#[derive(Debug, Clone)]
+/// Everything needed to rewrite statements for one database under one snapshot, with the
+/// cache of its outcomes (a new snapshot brings a new rewriter, so the epoch is implicit in
+/// the cache key).
+#[derive(Debug)]
 pub struct Rewriter {
     tables: Vec<Arc<TablePlan>>,
     prefilter: Prefilter,
+    cache: RewriteCache,
 }
+
+/// Rewrites remembered per database and snapshot.
+const CACHE_CAPACITY: usize = 10_000;
 
 impl Rewriter {
     /// Compiles the plans of the migrated tables (phase `planned` migrations contribute
@@ -80,6 +86,7 @@ impl Rewriter {
         Ok(Rewriter {
             tables: plans,
             prefilter,
+            cache: RewriteCache::new(CACHE_CAPACITY),
         })
     }
 
@@ -92,6 +99,12 @@ impl Rewriter {
     #[inline]
     pub fn may_touch(&self, sql: &str) -> bool {
         self.prefilter.may_touch(sql.as_bytes())
+    }
+
+    /// [`Self::rewrite`] through the cache, keyed by the text and the parameter types.
+    pub fn rewrite_cached(&self, sql: &str, param_types: &[u32]) -> Arc<Outcome> {
+        self.cache
+            .get_or_insert(0, sql, param_types, || self.rewrite(sql))
     }
 
     /// Rewrites one Query or Parse text (which may hold several statements).

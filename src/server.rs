@@ -16,6 +16,7 @@ use tracing::{info, warn};
 use crate::cancel::CancelRegistry;
 use crate::config::{Config, ProxyConfig};
 use crate::metrics::{self, Metrics, Readiness};
+use crate::snapshot::{self, SnapshotStore};
 use crate::{session, tls};
 
 /// Process-wide state every session shares.
@@ -26,6 +27,8 @@ pub struct Proxy {
     pub cancels: Arc<CancelRegistry>,
     pub metrics: Metrics,
     pub shutdown: CancellationToken,
+    /// The migrations in effect; sessions pin one per transaction.
+    pub snapshots: Arc<SnapshotStore>,
     connections: AtomicUsize,
 }
 
@@ -42,7 +45,11 @@ impl Drop for ConnectionSlot {
 }
 
 impl Proxy {
-    pub fn new(config: &Config, shutdown: CancellationToken) -> Result<Arc<Proxy>, StartError> {
+    pub fn new(
+        config: &Config,
+        shutdown: CancellationToken,
+        snapshots: Arc<SnapshotStore>,
+    ) -> Result<Arc<Proxy>, StartError> {
         let p = &config.proxy;
         let tls_acceptor = match (&p.tls_cert, &p.tls_key) {
             (Some(cert), Some(key)) => Some(TlsAcceptor::from(tls::server_config(cert, key)?)),
@@ -55,6 +62,7 @@ impl Proxy {
             cancels: Arc::new(CancelRegistry::default()),
             metrics: Metrics::new(),
             shutdown,
+            snapshots,
             connections: AtomicUsize::new(0),
         }))
     }
@@ -90,6 +98,8 @@ pub enum StartError {
     },
     #[error("cannot install the metrics recorder: {0}")]
     Metrics(String),
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
 }
 
 /// A started server: its bound addresses and the task to await.
@@ -98,9 +108,26 @@ pub struct Running {
     pub metrics_listen: SocketAddr,
     pub proxy: Arc<Proxy>,
     done: tokio::task::JoinHandle<()>,
+    reloading: tokio::sync::Mutex<()>,
 }
 
 impl Running {
+    /// Re-reads the migrations of the config file at `path` and publishes them as a new
+    /// snapshot; sessions pick it up at their next transaction. Settings outside
+    /// `[[migration]]` take effect at the next restart. On any error nothing changes.
+    pub async fn reload(&self, path: &std::path::Path) -> Result<u64, String> {
+        // One reload at a time: epochs are published in order.
+        let _guard = self.reloading.lock().await;
+        let config = Config::load(path).map_err(|e| e.to_string())?;
+        let current = self.proxy.snapshots.load();
+        let next = snapshot::build(&config, current.epoch + 1, Some(&current))
+            .await
+            .map_err(|e| e.to_string())?;
+        let epoch = next.epoch;
+        self.proxy.snapshots.publish(next);
+        Ok(epoch)
+    }
+
     /// Waits until the server has shut down completely.
     pub async fn wait(self) {
         let _ = self.done.await;
@@ -110,7 +137,12 @@ impl Running {
 /// Binds everything and starts serving; returns once listening.
 pub async fn start(config: &Config, shutdown: CancellationToken) -> Result<Running, StartError> {
     let handle = metrics::install_recorder().map_err(StartError::Metrics)?;
-    let proxy = Proxy::new(config, shutdown.clone())?;
+    let snapshot = snapshot::build(config, 1, None).await?;
+    let proxy = Proxy::new(
+        config,
+        shutdown.clone(),
+        Arc::new(SnapshotStore::new(snapshot)),
+    )?;
     let listener = TcpListener::bind(config.proxy.listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -160,6 +192,7 @@ pub async fn start(config: &Config, shutdown: CancellationToken) -> Result<Runni
         metrics_listen,
         proxy,
         done,
+        reloading: tokio::sync::Mutex::new(()),
     })
 }
 

@@ -6,7 +6,9 @@
 //! write a whole message to it (it never writes into the middle of a forwarded frame).
 
 mod handshake;
+mod intercept;
 mod relay;
+mod replies;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -96,7 +98,8 @@ pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr) {
                 return;
             }
         };
-        let end = relay::run(&proxy, client, established).await;
+        let database = startup.database().unwrap_or_default().to_owned();
+        let end = relay::run(&proxy, client, established, &database).await;
         debug!(?end, "session ended");
         drop(slot);
     }

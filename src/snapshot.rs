@@ -25,7 +25,7 @@ use crate::migration::{
     ColumnPair, ColumnsMigration, MigratedTable, MigrationKind, Phase, QualifiedName, TableShape,
     quote_ident,
 };
-use crate::rewrite::Prefilter;
+use crate::rewrite::Rewriter;
 
 /// Gauge: the epoch of the snapshot in force.
 pub const EPOCH_METRIC: &str = "pgshift_epoch";
@@ -92,21 +92,23 @@ impl SnapshotError {
     }
 }
 
-/// The migrated tables of one database.
+/// The migrated tables of one database, and the rewrite engine compiled for them.
 #[derive(Debug)]
 pub struct DatabaseView {
     /// Sorted by table name.
     pub tables: Vec<MigratedTable>,
-    /// Matches the unqualified names of `tables`.
-    pub prefilter: Prefilter,
+    /// The engine for this database under this snapshot (its pre-filter matches the
+    /// unqualified names of `tables`).
+    pub rewriter: Arc<Rewriter>,
 }
 
 impl DatabaseView {
-    /// A view of these tables, with the pre-filter over their names.
-    pub fn new(mut tables: Vec<MigratedTable>) -> DatabaseView {
+    /// A view of these tables with their rewrite plans; fails when a migration's new column
+    /// is missing from its table's shape or an expression does not parse.
+    pub fn new(mut tables: Vec<MigratedTable>) -> Result<DatabaseView, String> {
         tables.sort_by(|a, b| a.shape.name.cmp(&b.shape.name));
-        let prefilter = Prefilter::new(tables.iter().map(|t| t.shape.name.name.as_str()));
-        DatabaseView { tables, prefilter }
+        let rewriter = Arc::new(Rewriter::new(&tables)?);
+        Ok(DatabaseView { tables, rewriter })
     }
 
     /// The migrated table with exactly this schema-qualified name.
@@ -306,7 +308,11 @@ pub async fn build(
                     .collect(),
             });
         }
-        databases.insert(database, Arc::new(DatabaseView::new(migrated)));
+        let view = DatabaseView::new(migrated).map_err(|message| SnapshotError::Invalid {
+            migration: String::new(),
+            message,
+        })?;
+        databases.insert(database, Arc::new(view));
     }
     Ok(Snapshot {
         epoch,
@@ -339,11 +345,16 @@ fn plan(config: &Config) -> Result<Plan<'_>, SnapshotError> {
             continue;
         }
         match m.kind {
-            MigrationKind::Table => tracing::warn!(
-                migration = %m.name,
-                phase = ?m.phase,
-                "table migrations are not supported yet; this one is ignored"
-            ),
+            // Acting as if it were in effect while writes go to one table only would lose data.
+            MigrationKind::Table => {
+                return Err(SnapshotError::Invalid {
+                    migration: m.name.clone(),
+                    message: format!(
+                        "table migrations are not supported yet; keep phase = \"planned\" (found {:?})",
+                        m.phase
+                    ),
+                });
+            }
             MigrationKind::Columns => plan.active.push(Active {
                 config: m,
                 migration: columns_migration(m)?,

@@ -22,6 +22,12 @@ pub mod tag {
     pub const FUNCTION_CALL: u8 = b'F';
     pub const TERMINATE: u8 = b'X';
     pub const PASSWORD: u8 = b'p';
+    pub const BIND: u8 = b'B';
+    pub const DESCRIBE: u8 = b'D';
+    pub const CLOSE: u8 = b'C';
+    // backend replies pgshift follows
+    pub const PARSE_COMPLETE: u8 = b'1';
+    pub const CLOSE_COMPLETE: u8 = b'3';
     // backend
     pub const AUTHENTICATION: u8 = b'R';
     pub const BACKEND_KEY_DATA: u8 = b'K';
@@ -250,6 +256,96 @@ impl FrameCursor {
     }
 }
 
+/// A Parse message's contents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseMessage<'a> {
+    pub name: &'a str,
+    pub query: &'a str,
+    pub param_types: Vec<u32>,
+}
+
+/// Decodes a whole Parse frame; `None` when malformed or not UTF-8 (then it is forwarded as
+/// it is and Postgres answers it).
+pub fn parse_message(frame: &[u8]) -> Option<ParseMessage<'_>> {
+    let mut body = frame.get(5..)?;
+    let name = take_str(&mut body)?;
+    let query = take_str(&mut body)?;
+    if body.len() < 2 {
+        return None;
+    }
+    let n = u16::from_be_bytes([body[0], body[1]]) as usize;
+    let types = body.get(2..2 + 4 * n)?;
+    let param_types = types
+        .chunks_exact(4)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Some(ParseMessage {
+        name,
+        query,
+        param_types,
+    })
+}
+
+/// The query text of a whole Query frame.
+pub fn query_text(frame: &[u8]) -> Option<&str> {
+    let mut body = frame.get(5..)?;
+    take_str(&mut body)
+}
+
+/// The statement a Bind refers to: its second string. Works on a frame prefix.
+pub fn bind_statement(frame: &[u8]) -> Option<&str> {
+    let mut body = frame.get(5..)?;
+    take_str(&mut body)?; // portal
+    take_str(&mut body)
+}
+
+/// The kind (`S` statement or `P` portal) and name a Describe or Close refers to.
+pub fn describe_target(frame: &[u8]) -> Option<(u8, &str)> {
+    let kind = *frame.get(5)?;
+    let mut body = frame.get(6..)?;
+    Some((kind, take_str(&mut body)?))
+}
+
+fn take_str<'a>(body: &mut &'a [u8]) -> Option<&'a str> {
+    let end = body.iter().position(|&b| b == 0)?;
+    let s = std::str::from_utf8(&body[..end]).ok()?;
+    *body = &body[end + 1..];
+    Some(s)
+}
+
+/// Appends a Parse frame.
+pub fn put_parse(buf: &mut BytesMut, name: &str, query: &str, param_types: &[u32]) {
+    buf.put_u8(tag::PARSE);
+    let len = 4 + name.len() + 1 + query.len() + 1 + 2 + 4 * param_types.len();
+    buf.put_u32(len as u32);
+    put_cstr(buf, name);
+    put_cstr(buf, query);
+    buf.put_u16(param_types.len() as u16);
+    for t in param_types {
+        buf.put_u32(*t);
+    }
+}
+
+/// Appends a Query frame.
+pub fn put_query(buf: &mut BytesMut, query: &str) {
+    buf.put_u8(tag::QUERY);
+    buf.put_u32((4 + query.len() + 1) as u32);
+    put_cstr(buf, query);
+}
+
+/// Appends a Close frame for a prepared statement.
+pub fn put_close_statement(buf: &mut BytesMut, name: &str) {
+    buf.put_u8(tag::CLOSE);
+    buf.put_u32((4 + 1 + name.len() + 1) as u32);
+    buf.put_u8(b'S');
+    put_cstr(buf, name);
+}
+
+fn put_cstr(buf: &mut BytesMut, s: &str) {
+    buf.put_slice(s.as_bytes());
+    buf.put_u8(0);
+}
+
 /// Severity of a pgshift-made error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
@@ -441,6 +537,30 @@ mod tests {
             out.len() - 1
         );
         assert!(strip_channel_binding(&[b'R', 0, 0, 0, 8, 0, 0, 0, 0]).is_none());
+    }
+
+    #[test]
+    fn extended_messages_round_trip() {
+        let mut buf = BytesMut::new();
+        put_parse(&mut buf, "s1", "select $1", &[23]);
+        assert_eq!(
+            parse_message(&buf),
+            Some(ParseMessage {
+                name: "s1",
+                query: "select $1",
+                param_types: vec![23]
+            })
+        );
+        let mut q = BytesMut::new();
+        put_query(&mut q, "select 1");
+        assert_eq!(query_text(&q), Some("select 1"));
+        let mut c = BytesMut::new();
+        put_close_statement(&mut c, "s1");
+        assert_eq!(describe_target(&c), Some((b'S', "s1")));
+        let bind = [b'B', 0, 0, 0, 20, b'p', 0, b's', b'1', 0, 0, 0];
+        assert_eq!(bind_statement(&bind), Some("s1"));
+        assert_eq!(bind_statement(&bind[..7]), None);
+        assert_eq!(parse_message(&[b'P', 0, 0, 0, 4]), None);
     }
 
     #[test]

@@ -184,7 +184,7 @@ async fn build_resolves_a_rename_in_expand_with_the_table_shape() {
     );
     assert_eq!(snapshot.migrations().count(), 1);
     assert_eq!(snapshot.phase("later"), Some(Phase::Planned));
-    assert!(view.prefilter.may_touch(b"select * from Users"));
+    assert!(view.rewriter.may_touch("select * from Users"));
     assert_eq!(view.tables_named("users").count(), 1);
 }
 

@@ -57,6 +57,16 @@ pub fn rewrite_reads<V: Visit>(
     index: &LineIndex<'_>,
     edits: &mut Edits,
 ) -> Result<(), Refusal> {
+    walk(Some(rw), node, target, index, edits)
+}
+
+fn walk<V: Visit>(
+    rw: Option<&Rewriter>,
+    node: &V,
+    target: Option<&Target>,
+    index: &LineIndex<'_>,
+    edits: &mut Edits,
+) -> Result<(), Refusal> {
     let mut walker = Walker {
         rw,
         index,
@@ -89,7 +99,8 @@ pub fn touched_tables(rw: &Rewriter, statement: &Statement) -> Vec<Arc<TablePlan
 }
 
 struct Walker<'a, 'e> {
-    rw: &'a Rewriter,
+    /// `None` when only target column references are rewritten.
+    rw: Option<&'a Rewriter>,
     index: &'a LineIndex<'a>,
     edits: &'e mut Edits,
     target: Option<&'a Target>,
@@ -200,7 +211,8 @@ impl Visitor for Walker<'_, '_> {
                 statement,
                 Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_)
             )
-            && let Some(plan) = touched_tables(self.rw, statement).first()
+            && let Some(rw) = self.rw
+            && let Some(plan) = touched_tables(rw, statement).first()
         {
             return self.refuse(
                 plan,
@@ -227,7 +239,7 @@ impl Visitor for Walker<'_, '_> {
         if self.is_cte(&parts) {
             return ControlFlow::Continue(());
         }
-        let Some(plan) = self.rw.resolve(&parts).cloned() else {
+        let Some(plan) = self.rw.and_then(|rw| rw.resolve(&parts)).cloned() else {
             return ControlFlow::Continue(());
         };
         if let Some(target) = self.target
@@ -277,10 +289,6 @@ pub fn rewrite_reads_expr_items(
     index: &LineIndex<'_>,
     edits: &mut Edits,
 ) -> Result<(), Refusal> {
-    // A Rewriter with no tables: only the target's column references are touched.
-    let empty = Rewriter {
-        tables: Vec::new(),
-        prefilter: super::Prefilter::new([]),
-    };
-    rewrite_reads(&empty, item, Some(target), index, edits)
+    // No table resolution: only the target's column references are touched.
+    walk(None, item, Some(target), index, edits)
 }

@@ -457,6 +457,8 @@ pub struct Proxy {
     metrics_listen: SocketAddr,
     superuser: String,
     superuser_password: Option<String>,
+    /// The config it was started with (with its admin socket), for reloads.
+    config: ProxyConfig,
     /// Holds the config file and the log.
     dir: tempfile::TempDir,
 }
@@ -508,10 +510,49 @@ impl Proxy {
             child: Mutex::new(child),
             listen,
             metrics_listen,
-            superuser: config.superuser,
-            superuser_password: config.superuser_password,
+            superuser: config.superuser.clone(),
+            superuser_password: config.superuser_password.clone(),
+            config,
             dir,
         }
+    }
+
+    /// The config the proxy was started with.
+    pub fn config(&self) -> ProxyConfig {
+        self.config.clone()
+    }
+
+    /// Writes `config` over the proxy's config file and sends SIGHUP, then waits until the
+    /// proxy published a newer snapshot (`pgshift_epoch` increased).
+    pub async fn reload(&self, config: &ProxyConfig) {
+        let before = self.epoch().await;
+        let mut config = config.clone();
+        config.admin_socket = self.config.admin_socket.clone();
+        std::fs::write(self.dir.path().join("pgshift.toml"), config.to_toml())
+            .expect("rewrite proxy config");
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &self.pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -HUP {} failed", self.pid);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.epoch().await <= before {
+            assert!(
+                Instant::now() < deadline,
+                "pgshift did not publish a new snapshot after SIGHUP; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The `pgshift_epoch` gauge.
+    pub async fn epoch(&self) -> u64 {
+        let text = self.metrics_text().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix("pgshift_epoch "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
     }
 
     /// The client listener.

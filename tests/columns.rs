@@ -1,0 +1,172 @@
+//! Column migrations through the real proxy: a rename (`user_name` → `display_name`) taken
+//! through its phases by config reloads, with an old-app and a new-app client, the table
+//! inspected directly after each step.
+
+mod common;
+
+use common::{ProxyConfig, cluster, connect, fresh_database, sqlstate};
+
+fn migration(db: &str, phase: &str) -> String {
+    format!(
+        r#"
+[control]
+user = "postgres"
+
+[[migration]]
+name = "users_display_name"
+database = "{db}"
+table = "public.users"
+kind = "columns"
+phase = "{phase}"
+expand_sql = "ALTER TABLE users ADD COLUMN display_name text"
+[[migration.columns]]
+old = "user_name"
+new = "display_name"
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rename_through_expand_switch_contract() {
+    let db = fresh_database("columns_rename").await;
+    let direct = db.connect().await;
+    direct
+        .batch_execute(
+            "CREATE TABLE users (id int PRIMARY KEY, user_name text);
+             INSERT INTO users VALUES (1, 'ann'), (2, 'bob');",
+        )
+        .await
+        .unwrap();
+    let base = ProxyConfig::new(cluster());
+    let proxy = base.clone().extra(&migration(&db.name, "planned")).spawn();
+    let app = connect(&proxy.db_url(&db)).await;
+    // Prepared in planned, executed after the flip: must dual-write.
+    let insert_old = app
+        .prepare("INSERT INTO users (id, user_name) VALUES ($1, $2)")
+        .await
+        .unwrap();
+
+    proxy
+        .reload(&base.clone().extra(&migration(&db.name, "expand")))
+        .await;
+    // expand_sql ran on entering expand.
+    let cols: i64 = direct
+        .query_one(
+            "SELECT count(*) FROM information_schema.columns WHERE table_name = 'users' AND column_name = 'display_name'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(cols, 1);
+
+    assert_eq!(app.execute(&insert_old, &[&3i32, &"cy"]).await.unwrap(), 1);
+    app.execute(
+        "INSERT INTO users (id, display_name) VALUES ($1, $2)",
+        &[&4i32, &"dee"],
+    )
+    .await
+    .unwrap();
+    let rows = direct
+        .query(
+            "SELECT id, user_name, display_name FROM users WHERE id >= 3 ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: Vec<(i32, String, String)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (3, "cy".into(), "cy".into()),
+            (4, "dee".into(), "dee".into())
+        ]
+    );
+
+    // Rows from before expand have no display_name yet, but the new name answers from the
+    // old side.
+    let names: Vec<String> = app
+        .query(
+            "SELECT display_name FROM users WHERE id <= 2 ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(names, ["ann", "bob"]);
+    let updated = app
+        .execute(
+            "UPDATE users SET display_name = 'ann2' WHERE display_name = 'ann'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated, 1);
+    let row = direct
+        .query_one(
+            "SELECT user_name, display_name FROM users WHERE id = 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, String>(1)),
+        ("ann2".into(), "ann2".into())
+    );
+
+    // A refused statement changes nothing and names the migration.
+    let err = app
+        .simple_query("INSERT INTO users (id, user_name) SELECT 9, 'x'")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("0A000"));
+    let message = common::describe_error(&err);
+    assert!(
+        message.contains("pgshift:") && message.contains("users_display_name"),
+        "{message}"
+    );
+    let nine: i64 = direct
+        .query_one("SELECT count(*) FROM users WHERE id = 9", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(nine, 0);
+
+    // switch: reads come from the new side, under the old name too.
+    direct
+        .batch_execute("UPDATE users SET display_name = user_name WHERE display_name IS NULL")
+        .await
+        .unwrap();
+    proxy
+        .reload(&base.clone().extra(&migration(&db.name, "switch")))
+        .await;
+    direct
+        .batch_execute("UPDATE users SET user_name = 'stale' WHERE id = 2")
+        .await
+        .unwrap();
+    let row = app
+        .query_one("SELECT user_name FROM users WHERE id = 2", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "bob");
+
+    // contract: only the new side is written.
+    proxy
+        .reload(&base.clone().extra(&migration(&db.name, "contract")))
+        .await;
+    app.execute(&insert_old, &[&5i32, &"eve"]).await.unwrap();
+    let row = direct
+        .query_one(
+            "SELECT user_name, display_name FROM users WHERE id = 5",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, Option<String>>(0), None);
+    assert_eq!(row.get::<_, String>(1), "eve");
+}
