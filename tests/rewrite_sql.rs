@@ -150,3 +150,37 @@ async fn switch_reads_the_new_side_under_old_names_with_old_types() {
     );
     assert_eq!(row.columns()[1].type_(), &tokio_postgres::types::Type::TEXT);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn computed_update_values_are_evaluated_once_per_row_on_real_postgres() {
+    let db = fresh_database("rewrite_update_once").await;
+    let client = db.connect().await;
+    client.batch_execute(SCHEMA).await.unwrap();
+    client
+        .batch_execute("INSERT INTO users (id, user_name, age) SELECT g, 'u' || g, '-1' FROM generate_series(1, 50) g")
+        .await
+        .unwrap();
+    let rw = Rewriter::new(&[fixtures::users_table(Phase::Expand, Phase::Expand)]).unwrap();
+    let n = client
+        .execute(
+            &rewrite(
+                &rw,
+                "UPDATE users SET user_name = md5(random()::text), age = '7' WHERE id > 0",
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 50);
+    let rows = sides(&client).await;
+    for (id, old, new, age, age_int) in &rows {
+        assert_eq!(old, new, "row {id}: both sides hold the same value");
+        assert_eq!((age.as_deref(), *age_int), (Some("7"), Some(7)), "row {id}");
+    }
+    let distinct: i64 = client
+        .query_one("SELECT count(DISTINCT user_name) FROM users", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(distinct, 50, "random() is still evaluated per row");
+}

@@ -163,6 +163,53 @@ pub fn list_items(text: &str, inner: Range<usize>) -> Option<Vec<Range<usize>>> 
     )
 }
 
+/// The exact byte range of an UPDATE assignment's value: after the `=` that follows the SET
+/// target ending at `target_end`, up to the next top-level comma, `WHERE`, `FROM`,
+/// `RETURNING`, `;` or the end. (A cast's or a negative number's parser span leaves out `::t`
+/// or the `-`; tokens do not.)
+pub fn assignment_value(text: &str, target_end: usize) -> Option<Range<usize>> {
+    use sqlparser::dialect::PostgreSqlDialect;
+    use sqlparser::keywords::Keyword;
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    let slice = &text[target_end..];
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, slice)
+        .tokenize_with_location()
+        .ok()?;
+    let index = LineIndex::new(slice);
+    let mut tokens = tokens
+        .iter()
+        .filter(|t| !matches!(t.token, Token::Whitespace(_)));
+    if tokens.next()?.token != Token::Eq {
+        return None;
+    }
+    let mut depth = 0i32;
+    let mut range: Option<Range<usize>> = None;
+    for t in tokens {
+        match &t.token {
+            Token::EOF | Token::SemiColon => break,
+            Token::Comma if depth == 0 => break,
+            Token::Word(w)
+                if depth == 0
+                    && matches!(
+                        w.keyword,
+                        Keyword::WHERE | Keyword::FROM | Keyword::RETURNING
+                    ) =>
+            {
+                break;
+            }
+            Token::LParen | Token::LBracket => depth += 1,
+            Token::RParen | Token::RBracket => depth -= 1,
+            _ => {}
+        }
+        let r = index.range(t.span)?;
+        range = Some(match range {
+            Some(c) => c.start..r.end,
+            None => r,
+        });
+    }
+    range.map(|r| target_end + r.start..target_end + r.end)
+}
+
 #[cfg(test)]
 mod list_tests {
     use super::*;
@@ -177,5 +224,18 @@ mod list_tests {
             ["gen_random_uuid()::text", "lower( 'a,b' )", "(1, 2)", "$1"]
         );
         assert!(list_items("(1,,2)", 1..5).is_none());
+    }
+
+    #[test]
+    fn assignment_values_are_exact() {
+        let text = "UPDATE t SET a = -3, b = '1'::int, c = f(x, (y)) WHERE a = 1";
+        let value = |target: &str| {
+            let end = text.find(target).unwrap() + target.len();
+            assignment_value(text, end).map(|r| &text[r])
+        };
+        assert_eq!(value("SET a"), Some("-3"));
+        assert_eq!(value(", b"), Some("'1'::int"));
+        assert_eq!(value(", c"), Some("f(x, (y))"));
+        assert_eq!(assignment_value("SET a b", 5), None);
     }
 }

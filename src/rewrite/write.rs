@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use sqlparser::ast::{
     AssignmentTarget, Delete, Expr, FromTable, Insert, OnInsert, Parens, SetExpr, Spanned,
-    Statement, TableFactor, TableObject, Update, Value,
+    Statement, TableFactor, TableObject, Update,
 };
 
 use super::scope::{self, Target, idents};
@@ -169,8 +169,12 @@ fn plan_changes<'p>(
     Ok(changes)
 }
 
-/// Text of a value that may be copied into a template, or why not.
-fn copyable(value: &Expr, index: &LineIndex<'_>, column_type: &str) -> Result<String, String> {
+/// Text of a value that may be copied into a template, or why not. The copy is cast to the
+/// type of the column it was written to, as the statement's own assignment coerces it: an
+/// integer literal written to a numeric column must divide like a numeric in `up`, and a
+/// parameter must be deduced with the column's type. `text` is the value's exact source text
+/// (never an expression span, which may leave out a cast or a minus sign).
+fn copyable(value: &Expr, text: &str, column_type: &str) -> Result<String, String> {
     if !duplicable(value) {
         return Err(
             "a value feeding a migrated column is computed (e.g. a function call); pgshift cannot \
@@ -178,15 +182,7 @@ fn copyable(value: &Expr, index: &LineIndex<'_>, column_type: &str) -> Result<St
                 .into(),
         );
     }
-    let range = index
-        .range(value.span())
-        .ok_or_else(|| "cannot locate a value".to_owned())?;
-    let text = &index.text()[range];
-    Ok(if contains_placeholder(value) {
-        format!("({text})::{column_type}")
-    } else {
-        format!("({text})")
-    })
+    Ok(format!("({text})::{column_type}"))
 }
 
 /// True for expressions that give the same value however often they are evaluated.
@@ -198,19 +194,6 @@ fn duplicable(e: &Expr) -> bool {
         Expr::BinaryOp { left, right, .. } => duplicable(left) && duplicable(right),
         Expr::Nested(inner) => duplicable(inner),
         Expr::TypedString { .. } => true,
-        _ => false,
-    }
-}
-
-fn contains_placeholder(e: &Expr) -> bool {
-    match e {
-        Expr::Value(v) => matches!(v.value, Value::Placeholder(_)),
-        Expr::Cast { expr, .. } | Expr::UnaryOp { expr, .. } | Expr::Nested(expr) => {
-            contains_placeholder(expr)
-        }
-        Expr::BinaryOp { left, right, .. } => {
-            contains_placeholder(left) || contains_placeholder(right)
-        }
         _ => false,
     }
 }
@@ -283,9 +266,11 @@ fn apply_insert_changes(
     column_list_edits(plan, insert, name, columns, changes, index, edits)?;
     for parens in rows {
         let row = &parens.content;
-        let mut by_column: HashMap<&str, &Expr> = HashMap::new();
-        for (col, value) in columns.iter().zip(row) {
-            by_column.insert(col.as_str(), value);
+        let items = row_items(index, parens, columns.len())
+            .ok_or_else(|| refuse("cannot split a VALUES row".into()))?;
+        let mut by_column: HashMap<&str, (&Expr, &str)> = HashMap::new();
+        for ((col, value), item) in columns.iter().zip(row).zip(&items) {
+            by_column.insert(col.as_str(), (value, &index.text()[item.clone()]));
         }
         let render = |change: &Change<'_>| -> Result<String, Refusal> {
             let template = if change.writes_new {
@@ -295,11 +280,11 @@ fn apply_insert_changes(
             };
             let mut failure = None;
             let text = template.render(|col| match by_column.get(col) {
-                Some(v) if is_default(v) => {
+                Some((v, _)) if is_default(v) => {
                     failure = Some(format!("DEFAULT given for column {col}, which feeds {}", change.column));
                     String::new()
                 }
-                Some(v) => copyable(v, index, &plan.type_of(col)).unwrap_or_else(|e| {
+                Some((v, source)) => copyable(v, source, &plan.type_of(col)).unwrap_or_else(|e| {
                     failure = Some(e);
                     String::new()
                 }),
@@ -329,14 +314,10 @@ fn apply_insert_changes(
                     .iter()
                     .position(|w| *w == change.pair.old)
                     .expect("old is written");
-                let value = &row[pos];
-                if is_default(value) {
+                if is_default(&row[pos]) {
                     continue; // DEFAULT for the renamed column: the new column's default applies
                 }
-                let range = index
-                    .range(value.span())
-                    .ok_or_else(|| refuse("cannot locate a value".into()))?;
-                edits.replace(range, text);
+                edits.replace(items[pos].clone(), text);
             }
         }
         if !appended.is_empty() {
@@ -434,14 +415,7 @@ fn apply_insert_derived(
     }
     edits.insert(values_start, format!("SELECT {} FROM (", select.join(", ")));
     for row in rows {
-        let (Some(open), Some(close)) = (
-            index.offset(row.opening_token.0.span.end),
-            index.offset(row.closing_token.0.span.start),
-        ) else {
-            return Err(refuse("cannot locate a VALUES row"));
-        };
-        let items = super::splice::list_items(text, open..close)
-            .filter(|items| items.len() == columns.len())
+        let items = row_items(index, row, columns.len())
             .ok_or_else(|| refuse("cannot split a VALUES row"))?;
         for (item, col) in items.iter().zip(columns) {
             edits.insert(item.start, "CAST(");
@@ -454,6 +428,17 @@ fn apply_insert_derived(
     let names: Vec<String> = (1..=columns.len()).map(|i| format!("c{i}")).collect();
     edits.insert(last_close, format!(") AS pgshift_v({})", names.join(", ")));
     Ok(())
+}
+
+/// The exact ranges of a VALUES row's items, found from its parenthesis tokens.
+fn row_items(
+    index: &LineIndex<'_>,
+    row: &Parens<Vec<Expr>>,
+    expected: usize,
+) -> Option<Vec<std::ops::Range<usize>>> {
+    let open = index.offset(row.opening_token.0.span.end)?;
+    let close = index.offset(row.closing_token.0.span.start)?;
+    super::splice::list_items(index.text(), open..close).filter(|items| items.len() == expected)
 }
 
 /// The offset right after a list's last element, provided the next token is its closing
@@ -491,6 +476,20 @@ fn returning_refs(
     Ok(())
 }
 
+/// One `SET column = value` of an UPDATE, with exact source ranges.
+struct Assignment<'a> {
+    column: String,
+    value: &'a Expr,
+    target: std::ops::Range<usize>,
+    value_range: std::ops::Range<usize>,
+}
+
+impl Assignment<'_> {
+    fn computed(&self) -> bool {
+        !duplicable(self.value) && !is_default(self.value)
+    }
+}
+
 pub fn update(
     rw: &Rewriter,
     statement: &Statement,
@@ -507,77 +506,165 @@ pub fn update(
     else {
         return scope::rewrite_reads(rw, statement, None, index, edits);
     };
-    let mut written = Vec::new();
-    let mut values: HashMap<String, &Expr> = HashMap::new();
+    let refuse = |reason: &str| plan.refuse(reason.to_owned());
+    let mut assignments = Vec::new();
     for a in &update.assignments {
         let AssignmentTarget::ColumnName(col) = &a.target else {
-            return Err(plan.refuse("UPDATE … SET (a, b) = (…) is not supported yet".into()));
+            return Err(refuse("UPDATE … SET (a, b) = (…) is not supported yet"));
         };
-        let Some(col) = idents(col).and_then(|i| i.last().map(normalize_ident)) else {
-            return Err(plan.refuse("UPDATE SET target must be a column name".into()));
+        let Some(column) = idents(col).and_then(|i| i.last().map(normalize_ident)) else {
+            return Err(refuse("UPDATE SET target must be a column name"));
         };
-        values.insert(col.clone(), &a.value);
-        written.push(col);
+        let target = index
+            .range(col.span())
+            .ok_or_else(|| refuse("cannot locate an assignment"))?;
+        let value_range = super::splice::assignment_value(index.text(), target.end)
+            .ok_or_else(|| refuse("cannot locate an assignment's value"))?;
+        assignments.push(Assignment {
+            column,
+            value: &a.value,
+            target,
+            value_range,
+        });
     }
+    let written: Vec<String> = assignments.iter().map(|a| a.column.clone()).collect();
     let changes = plan_changes(&plan, &written, |_| false)?;
+    let by_column = |col: &str| assignments.iter().find(|a| a.column == col);
+    // Changes fed by a computed value are evaluated together with it, once per row.
+    let mut once: Vec<(&Assignment<'_>, Vec<&Change<'_>>)> = Vec::new();
     let mut added = Vec::new();
     for change in &changes {
-        let template = if change.writes_new {
-            &change.pair.up
-        } else {
-            &change.pair.down
-        };
-        let mut failure = None;
-        let text = template.render(|col| match values.get(col) {
-            Some(v) if is_default(v) => {
+        let computed: Vec<&Assignment<'_>> = feeds(change)
+            .filter_map(by_column)
+            .filter(|a| a.computed())
+            .collect();
+        match computed.as_slice() {
+            [] => {
+                let text = render_update(&plan, &target, change, &by_column, None, index)?;
+                if change.added {
+                    added.push(format!("{} = {text}", quote_ident(&change.column)));
+                } else {
+                    let a = by_column(&change.pair.old).expect("old is written");
+                    edits.replace(a.target.clone(), quote_ident(&change.column));
+                    edits.replace(a.value_range.clone(), text);
+                }
+            }
+            [first, rest @ ..] if rest.iter().all(|a| a.column == first.column) => {
+                match once.iter_mut().find(|(a, _)| a.column == first.column) {
+                    Some((_, group)) => group.push(change),
+                    None => once.push((first, vec![change])),
+                }
+            }
+            _ => {
+                return Err(refuse(&format!(
+                    "{} is fed by several computed values; pgshift cannot evaluate them once yet",
+                    change.column
+                )));
+            }
+        }
+    }
+    for (assignment, group) in &once {
+        evaluate_once(&plan, &target, assignment, group, &by_column, index, edits)?;
+    }
+    if !added.is_empty() {
+        // New assignments go first: a SET target's position is exact.
+        let first = assignments.first().expect("UPDATE has assignments");
+        edits.insert(first.target.start, format!("{}, ", added.join(", ")));
+    }
+    scope::rewrite_reads(rw, statement, Some(&target), index, edits)
+}
+
+/// The template of `change` rendered for an UPDATE: columns set by the statement take their
+/// value (`computed` is the placeholder for the one evaluated once), others the target row's.
+fn render_update<'a>(
+    plan: &TablePlan,
+    target: &Target,
+    change: &Change<'_>,
+    by_column: &dyn Fn(&str) -> Option<&'a Assignment<'a>>,
+    computed: Option<(&str, &str)>,
+    index: &LineIndex<'_>,
+) -> Result<String, Refusal> {
+    let template = if !change.added || change.writes_new {
+        &change.pair.up
+    } else {
+        &change.pair.down
+    };
+    let mut failure = None;
+    let text = template.render(|col| {
+        if let Some((name, placeholder)) = computed
+            && name == col
+        {
+            return placeholder.to_owned();
+        }
+        match by_column(col) {
+            Some(a) if is_default(a.value) => {
                 failure = Some(format!("SET {col} = DEFAULT feeds {}", change.column));
                 String::new()
             }
-            Some(v) => copyable(v, index, &plan.type_of(col)).unwrap_or_else(|e| {
+            Some(a) => copyable(
+                a.value,
+                &index.text()[a.value_range.clone()],
+                &plan.type_of(col),
+            )
+            .unwrap_or_else(|e| {
                 failure = Some(e);
                 String::new()
             }),
             None => format!("{}.{}", target.qualifier_text, quote_ident(col)),
-        });
-        if let Some(reason) = failure {
-            return Err(plan.refuse(reason));
         }
-        if change.added {
-            added.push(format!("{} = {text}", quote_ident(&change.column)));
-        } else {
-            let pos = written
-                .iter()
-                .position(|w| *w == change.pair.old)
-                .expect("written");
-            let a = &update.assignments[pos];
-            let AssignmentTarget::ColumnName(col) = &a.target else {
-                unreachable!()
-            };
-            let name_range = index.range(col.span());
-            let value_range = index.range(a.value.span());
-            let (Some(n), Some(v)) = (name_range, value_range) else {
-                return Err(plan.refuse("cannot locate an assignment".into()));
-            };
-            if !duplicable(&a.value) {
-                return Err(plan.refuse(
-                    "a value written to a migrated column is computed; not supported in this phase yet".into(),
-                ));
-            }
-            edits.replace(n, quote_ident(&change.column));
-            edits.replace(v, text);
-        }
+    });
+    failure.map_or(Ok(text), |reason| Err(plan.refuse(reason)))
+}
+
+/// `SET k = f()` whose value feeds other columns becomes
+/// `SET (k, new) = (SELECT pgshift_v.c1, up(pgshift_v.c1) FROM (SELECT f() AS c1) AS pgshift_v
+/// WHERE t.ctid IS NOT NULL)`: one evaluation per row (the reference to the target row keeps
+/// the subquery correlated, so it is not computed once for the whole statement).
+fn evaluate_once<'a>(
+    plan: &TablePlan,
+    target: &Target,
+    assignment: &Assignment<'_>,
+    group: &[&Change<'_>],
+    by_column: &dyn Fn(&str) -> Option<&'a Assignment<'a>>,
+    index: &LineIndex<'_>,
+    edits: &mut Edits,
+) -> Result<(), Refusal> {
+    let placeholder = "pgshift_v.c1";
+    let computed = Some((assignment.column.as_str(), placeholder));
+    // In contract the written old column itself becomes the new one, with `up` applied.
+    let renamed = group.iter().find(|c| !c.added);
+    let mut columns = vec![match renamed {
+        Some(c) => quote_ident(&c.column),
+        None => quote_ident(&assignment.column),
+    }];
+    let mut values = vec![match renamed {
+        Some(c) => render_update(plan, target, c, by_column, computed, index)?,
+        None => placeholder.to_owned(),
+    }];
+    for change in group.iter().filter(|c| c.added) {
+        columns.push(quote_ident(&change.column));
+        values.push(render_update(
+            plan, target, change, by_column, computed, index,
+        )?);
     }
-    if !added.is_empty() {
-        // New assignments go first: a SET target's span is exact, a value's may not be.
-        let first = update.assignments.first().expect("UPDATE has assignments");
-        let start = match &first.target {
-            AssignmentTarget::ColumnName(c) => index.range(c.span()).map(|r| r.start),
-            AssignmentTarget::Tuple(_) => None,
-        }
-        .ok_or_else(|| plan.refuse("cannot locate the SET list".into()))?;
-        edits.insert(start, format!("{}, ", added.join(", ")));
-    }
-    scope::rewrite_reads(rw, statement, Some(&target), index, edits)
+    let targets = if columns.len() == 1 {
+        columns.remove(0)
+    } else {
+        format!("({})", columns.join(", "))
+    };
+    edits.replace(assignment.target.clone(), targets);
+    edits.insert(
+        assignment.value_range.start,
+        format!("(SELECT {} FROM (SELECT ", values.join(", ")),
+    );
+    edits.insert(
+        assignment.value_range.end,
+        format!(
+            " AS c1) AS pgshift_v WHERE {}.ctid IS NOT NULL)",
+            target.qualifier_text
+        ),
+    );
+    Ok(())
 }
 
 pub fn delete(
