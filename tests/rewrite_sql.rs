@@ -184,3 +184,56 @@ async fn computed_update_values_are_evaluated_once_per_row_on_real_postgres() {
         .get(0);
     assert_eq!(distinct, 50, "random() is still evaluated per row");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upserts_and_tuple_updates_keep_both_sides_equal_on_real_postgres() {
+    let db = fresh_database("rewrite_upsert").await;
+    let client = db.connect().await;
+    client.batch_execute(SCHEMA).await.unwrap();
+    let expand = Rewriter::new(&[fixtures::users_table(Phase::Expand, Phase::Expand)]).unwrap();
+    let upsert = rewrite(
+        &expand,
+        "INSERT INTO users AS u (id, user_name, age) VALUES ($1, $2, $3) ON CONFLICT (id) DO UPDATE SET user_name = EXCLUDED.user_name || '!', age = EXCLUDED.age",
+    );
+    client
+        .execute(&upsert, &[&1i32, &"ann", &"30"])
+        .await
+        .unwrap();
+    client
+        .execute(&upsert, &[&1i32, &"ann", &"31"])
+        .await
+        .unwrap();
+    let tuple = rewrite(
+        &expand,
+        "UPDATE users SET (user_name, age) = (display_name || '?', '5') WHERE id = 1",
+    );
+    client.batch_execute(&tuple).await.unwrap();
+    let rows = sides(&client).await;
+    assert_eq!(
+        rows,
+        [(
+            1,
+            Some("ann!?".into()),
+            Some("ann!?".into()),
+            Some("5".into()),
+            Some(5)
+        )]
+    );
+
+    // Contract: the upsert writes only the new side, EXCLUDED's old name translated.
+    let contract =
+        Rewriter::new(&[fixtures::users_table(Phase::Contract, Phase::Contract)]).unwrap();
+    let upsert = rewrite(
+        &contract,
+        "INSERT INTO users (id, user_name, age) VALUES (1, 'zed', '9') ON CONFLICT (id) DO UPDATE SET user_name = excluded.user_name, age = excluded.age",
+    );
+    client.batch_execute(&upsert).await.unwrap();
+    let rows = sides(&client).await;
+    assert_eq!(rows[0].2.as_deref(), Some("zed"));
+    assert_eq!(rows[0].4, Some(9));
+    assert_eq!(
+        rows[0].1.as_deref(),
+        Some("ann!?"),
+        "the old side is no longer written"
+    );
+}

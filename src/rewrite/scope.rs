@@ -28,6 +28,8 @@ pub struct Target {
     pub name_start: usize,
     /// Other tables are in scope (FROM/USING), so unqualified names may be theirs.
     pub has_other_tables: bool,
+    /// Unqualified column names refer to this table (false for `EXCLUDED`).
+    pub matches_unqualified: bool,
 }
 
 impl Target {
@@ -255,7 +257,7 @@ impl Visitor for Walker<'_, '_> {
             return ControlFlow::Continue(());
         };
         match expr {
-            Expr::Identifier(ident) => {
+            Expr::Identifier(ident) if target.matches_unqualified => {
                 let column = normalize_ident(ident);
                 if target.plan.non_authoritative(&column).is_none() {
                     return ControlFlow::Continue(());
@@ -282,9 +284,9 @@ impl Visitor for Walker<'_, '_> {
     }
 }
 
-/// Rewrites the target-column references of one RETURNING item.
-pub fn rewrite_reads_expr_items(
-    item: &sqlparser::ast::SelectItem,
+/// Rewrites only `target`'s column references in `node` (no table resolution).
+pub fn target_refs<V: Visit>(
+    item: &V,
     target: &Target,
     index: &LineIndex<'_>,
     edits: &mut Edits,

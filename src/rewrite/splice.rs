@@ -53,6 +53,9 @@ impl<'a> LineIndex<'a> {
 #[derive(Debug, Default)]
 pub struct Edits {
     edits: Vec<(Range<usize>, String)>,
+    /// Indices of replacements whose text already contains the rewritten content of their
+    /// range; other edits inside them are superseded.
+    covering: Vec<usize>,
 }
 
 impl Edits {
@@ -64,12 +67,52 @@ impl Edits {
         self.edits.push((at..at, text.into()));
     }
 
+    /// Replaces `range` with `text` that was built from the range's own rewritten text
+    /// ([`Self::apply_within`]), so other edits inside `range` are already part of it.
+    pub fn replace_covering(&mut self, range: Range<usize>, text: impl Into<String>) {
+        self.covering.push(self.edits.len());
+        self.edits.push((range, text.into()));
+    }
+
     pub fn is_empty(&self) -> bool {
         self.edits.is_empty()
     }
 
+    /// `text[range]` with the edits that lie inside it applied.
+    pub fn apply_within(&self, text: &str, range: Range<usize>) -> Option<String> {
+        let mut inner = Edits::default();
+        for (r, new) in &self.edits {
+            if r.start >= range.start
+                && r.end <= range.end
+                && !(r.is_empty() && (r.start == range.start || r.end == range.end))
+            {
+                inner
+                    .edits
+                    .push((r.start - range.start..r.end - range.start, new.clone()));
+            }
+        }
+        inner.apply(&text[range])
+    }
+
     /// Applies the edits; `None` when two of them overlap (a rewrite bug, refused upstream).
     pub fn apply(mut self, text: &str) -> Option<String> {
+        let covering: Vec<Range<usize>> = self
+            .covering
+            .iter()
+            .map(|&i| self.edits[i].0.clone())
+            .collect();
+        let mut index = 0;
+        let kept = std::mem::take(&mut self.covering);
+        self.edits.retain(|(r, _)| {
+            let i = index;
+            index += 1;
+            kept.contains(&i)
+                || !covering.iter().any(|c| {
+                    c.start <= r.start
+                        && r.end <= c.end
+                        && !(r.is_empty() && (r.start == c.start || r.end == c.end))
+                })
+        });
         // Stable sort keeps insertions at one point in the order they were made.
         self.edits.sort_by_key(|(r, _)| (r.start, r.end));
         let mut out = String::with_capacity(text.len() + 64 * self.edits.len());

@@ -188,6 +188,44 @@ fn computed_update_values_are_evaluated_once_per_row() {
 }
 
 #[test]
+fn on_conflict_do_update_writes_both_sides_of_the_existing_row() {
+    let rw = users(Phase::Expand, Phase::Planned);
+    assert_eq!(
+        rewritten(
+            &rw,
+            "INSERT INTO users AS u (id, user_name) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET user_name = EXCLUDED.user_name WHERE u.display_name <> EXCLUDED.display_name"
+        ),
+        "INSERT INTO users AS u (id, user_name, display_name) VALUES ($1, $2, (($2)::text)) ON CONFLICT (id) DO UPDATE SET display_name = ((EXCLUDED.user_name)::text), user_name = EXCLUDED.user_name WHERE (u.user_name)::text <> (excluded.user_name)::text"
+    );
+    let rw = users(Phase::Contract, Phase::Planned);
+    assert_eq!(
+        rewritten(
+            &rw,
+            "INSERT INTO users (id, user_name) VALUES (1, 'a') ON CONFLICT (id) DO UPDATE SET user_name = excluded.user_name"
+        ),
+        "INSERT INTO users (id, display_name) VALUES (1, (('a')::text)) ON CONFLICT (id) DO UPDATE SET display_name = (((excluded.display_name)::text)::text)"
+    );
+}
+
+#[test]
+fn tuple_assignments_are_split_per_column() {
+    let rw = users(Phase::Expand, Phase::Planned);
+    assert_eq!(
+        rewritten(
+            &rw,
+            "UPDATE users SET (id, user_name) = (2, -1::text) WHERE id = 1"
+        ),
+        "UPDATE users SET display_name = ((-1::text)::text), (id, user_name) = (2, -1::text) WHERE id = 1"
+    );
+    refused(&rw, "UPDATE users SET (id, user_name) = (SELECT 1, 'x')");
+    // A copied value carries the statement's own rewrites (display_name is computed here).
+    assert_eq!(
+        rewritten(&rw, "UPDATE users SET user_name = display_name || 'x'"),
+        "UPDATE users SET display_name = (((users.user_name)::text || 'x')::text), user_name = (users.user_name)::text || 'x'"
+    );
+}
+
+#[test]
 fn contract_writes_only_the_new_side() {
     let rw = users(Phase::Contract, Phase::Planned);
     assert_eq!(
