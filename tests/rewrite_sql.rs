@@ -237,3 +237,42 @@ async fn upserts_and_tuple_updates_keep_both_sides_equal_on_real_postgres() {
         "the old side is no longer written"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insert_select_copies_rows_to_both_sides_on_real_postgres() {
+    let db = fresh_database("rewrite_insert_select").await;
+    let client = db.connect().await;
+    client.batch_execute(SCHEMA).await.unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE people (id int, name text); INSERT INTO people VALUES (1, 'a'), (2, 'b')",
+        )
+        .await
+        .unwrap();
+    let rw = Rewriter::new(&[fixtures::users_table(Phase::Expand, Phase::Expand)]).unwrap();
+    let n = client
+        .execute(
+            &rewrite(&rw, "INSERT INTO users (id, user_name, age) SELECT id, name || md5(random()::text), '4' FROM people"),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 2, "row count of the rewritten INSERT … SELECT");
+    let n = client
+        .execute(
+            &rewrite(
+                &rw,
+                "INSERT INTO users (id, user_name) SELECT id + 10, display_name FROM users",
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    for (id, old, new, age, age_int) in sides(&client).await {
+        assert!(old.is_some() && old == new, "row {id}: {old:?} vs {new:?}");
+        if id < 10 {
+            assert_eq!((age.as_deref(), age_int), (Some("4"), Some(4)));
+        }
+    }
+}

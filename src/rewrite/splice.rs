@@ -253,6 +253,46 @@ pub fn assignment_value(text: &str, target_end: usize) -> Option<Range<usize>> {
     range.map(|r| target_end + r.start..target_end + r.end)
 }
 
+/// The exact end of an INSERT's source query starting at `start`: before a top-level
+/// `ON CONFLICT`, `RETURNING`, `;` or the end.
+pub fn insert_source_end(text: &str, start: usize) -> Option<usize> {
+    use sqlparser::dialect::PostgreSqlDialect;
+    use sqlparser::keywords::Keyword;
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    let slice = &text[start..];
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, slice)
+        .tokenize_with_location()
+        .ok()?;
+    let index = LineIndex::new(slice);
+    let words: Vec<&sqlparser::tokenizer::TokenWithSpan> = tokens
+        .iter()
+        .filter(|t| !matches!(t.token, Token::Whitespace(_)))
+        .collect();
+    let mut depth = 0i32;
+    let mut end = None;
+    for (i, t) in words.iter().enumerate() {
+        let keyword = |t: &sqlparser::tokenizer::TokenWithSpan| match &t.token {
+            Token::Word(w) => Some(w.keyword),
+            _ => None,
+        };
+        match &t.token {
+            Token::EOF | Token::SemiColon => break,
+            Token::LParen | Token::LBracket => depth += 1,
+            Token::RParen | Token::RBracket => depth -= 1,
+            _ if depth == 0 && keyword(t) == Some(Keyword::RETURNING) => break,
+            _ if depth == 0
+                && keyword(t) == Some(Keyword::ON)
+                && words.get(i + 1).and_then(|n| keyword(n)) == Some(Keyword::CONFLICT) =>
+            {
+                break;
+            }
+            _ => {}
+        }
+        end = Some(index.range(t.span)?.end);
+    }
+    end.map(|e| start + e)
+}
+
 #[cfg(test)]
 mod list_tests {
     use super::*;
@@ -280,5 +320,19 @@ mod list_tests {
         assert_eq!(value(", b"), Some("'1'::int"));
         assert_eq!(value(", c"), Some("f(x, (y))"));
         assert_eq!(assignment_value("SET a b", 5), None);
+    }
+
+    #[test]
+    fn insert_sources_end_before_on_conflict_and_returning() {
+        let text = "INSERT INTO t (a) SELECT x FROM s JOIN r ON r.id = s.id ON CONFLICT DO NOTHING";
+        let start = text.find("SELECT").unwrap();
+        let end = insert_source_end(text, start).unwrap();
+        assert_eq!(&text[start..end], "SELECT x FROM s JOIN r ON r.id = s.id");
+        let text = "INSERT INTO t SELECT (1) RETURNING a;";
+        let start = text.find("SELECT").unwrap();
+        assert_eq!(
+            &text[start..insert_source_end(text, start).unwrap()],
+            "SELECT (1)"
+        );
     }
 }

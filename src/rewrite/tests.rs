@@ -226,6 +226,27 @@ fn tuple_assignments_are_split_per_column() {
 }
 
 #[test]
+fn insert_select_goes_through_a_derived_row_set() {
+    let rw = users(Phase::Expand, Phase::Planned);
+    assert_eq!(
+        rewritten(
+            &rw,
+            "INSERT INTO users (id, user_name) SELECT p.id, p.name FROM people p JOIN x ON x.id = p.id ON CONFLICT DO NOTHING"
+        ),
+        "INSERT INTO users (id, user_name, display_name) SELECT CAST(pgshift_v.c1 AS integer), CAST(pgshift_v.c2 AS text), (CAST(pgshift_v.c2 AS text)) FROM (SELECT p.id, p.name FROM people p JOIN x ON x.id = p.id) AS pgshift_v(c1, c2) ON CONFLICT DO NOTHING"
+    );
+    // Reads inside the source are rewritten too.
+    let out = rewritten(
+        &rw,
+        "INSERT INTO users (id, user_name) SELECT id + 100, display_name FROM users",
+    );
+    assert!(
+        out.contains("FROM (SELECT id + 100, display_name FROM (SELECT id, user_name"),
+        "{out}"
+    );
+}
+
+#[test]
 fn contract_writes_only_the_new_side() {
     let rw = users(Phase::Contract, Phase::Planned);
     assert_eq!(
@@ -271,7 +292,8 @@ fn unsafe_statements_are_refused_naming_the_migration() {
         "SELEC * FROM users",
         "UPDATE users SET user_name = 'a' FROM orders WHERE display_name = orders.x",
         "WITH w AS (UPDATE users SET user_name = 'a' RETURNING id) SELECT * FROM w",
-        "INSERT INTO users (id, user_name) SELECT id, name FROM people",
+        "INSERT INTO users (id, user_name) SELECT $1, name FROM people",
+        "INSERT INTO users SELECT * FROM people",
     ] {
         let r = refused(&rw, sql);
         assert!(r.message().starts_with("pgshift:"), "{sql}");

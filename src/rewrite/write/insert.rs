@@ -33,15 +33,22 @@ pub fn insert(
     let Some(source) = &insert.source else {
         return refuse("INSERT without VALUES or SELECT is not supported");
     };
-    let SetExpr::Values(values) = source.body.as_ref() else {
-        return refuse("INSERT … SELECT into a table under migration is not supported yet");
+    let values = match source.body.as_ref() {
+        SetExpr::Values(values)
+            if source.with.is_none()
+                && source.order_by.is_none()
+                && source.limit_clause.is_none() =>
+        {
+            Some(values)
+        }
+        _ => None,
     };
-    if source.with.is_some() || source.order_by.is_some() || source.limit_clause.is_some() {
-        return refuse("this INSERT form is not supported yet");
-    }
-    let width = values.rows.first().map_or(0, |r| r.content.len());
     // The columns written, as the client named them or in physical order.
     let columns: Vec<String> = if insert.columns.is_empty() {
+        let Some(values) = values else {
+            return refuse("INSERT … SELECT into a table under migration needs a column list");
+        };
+        let width = values.rows.first().map_or(0, |r| r.content.len());
         if width > plan.shape.columns.len() {
             return refuse("INSERT has more values than the table has columns");
         }
@@ -60,42 +67,40 @@ pub fn insert(
         cols
     };
     let changes = plan_changes(&plan, &columns, |_| false)?;
-    if !changes.is_empty() {
-        let Some(rows_ok) = values
-            .rows
-            .iter()
-            .map(|r| r.content.len() == columns.len())
-            .reduce(|a, b| a && b)
-        else {
-            return refuse("INSERT without rows");
-        };
-        if !rows_ok {
-            return refuse("VALUES rows differ in length from the column list");
-        }
-        let evaluate_once = values.rows.iter().any(|row| {
-            changes.iter().any(|ch| {
-                feeds(ch).any(|c| {
-                    columns.iter().position(|w| w == c).is_some_and(|i| {
-                        !duplicable(&row.content[i]) && !is_default(&row.content[i])
+    match values {
+        _ if changes.is_empty() => {}
+        Some(values) => {
+            if values.rows.iter().any(|r| r.content.len() != columns.len()) {
+                return refuse("VALUES rows differ in length from the column list");
+            }
+            let evaluate_once = values.rows.iter().any(|row| {
+                changes.iter().any(|ch| {
+                    feeds(ch).any(|c| {
+                        columns.iter().position(|w| w == c).is_some_and(|i| {
+                            !duplicable(&row.content[i]) && !is_default(&row.content[i])
+                        })
                     })
                 })
-            })
-        });
-        let apply = if evaluate_once {
-            apply_insert_derived
-        } else {
-            apply_insert_changes
-        };
-        apply(
-            &plan,
-            insert,
-            name,
-            &columns,
-            &values.rows,
-            &changes,
-            index,
-            edits,
-        )?;
+            });
+            let apply = if evaluate_once {
+                apply_insert_derived
+            } else {
+                apply_insert_changes
+            };
+            apply(
+                &plan,
+                insert,
+                name,
+                &columns,
+                &values.rows,
+                &changes,
+                index,
+                edits,
+            )?;
+        }
+        None => insert_select(
+            &plan, insert, name, source, &columns, &changes, index, edits,
+        )?,
     }
     // RETURNING and the VALUES' own subqueries see the table through the usual read rules.
     scope::rewrite_reads(rw, statement, None, index, edits)?;
@@ -328,9 +333,37 @@ fn apply_insert_derived(
         return Err(refuse("cannot locate the VALUES keyword"));
     }
     let values_start = before.len() - "values".len();
+    let select = derived_select(plan, columns, changes, &|i, _| format!("pgshift_v.c{i}"))?;
+    edits.insert(values_start, format!("SELECT {select} FROM ("));
+    for row in rows {
+        let items = row_items(index, row, columns.len())
+            .ok_or_else(|| refuse("cannot split a VALUES row"))?;
+        for (item, col) in items.iter().zip(columns) {
+            edits.insert(item.start, "CAST(");
+            edits.insert(item.end, format!(" AS {})", plan.type_of(col)));
+        }
+    }
+    let last_close = index
+        .offset(rows[rows.len() - 1].closing_token.0.span.end)
+        .ok_or_else(|| refuse("cannot locate the end of VALUES"))?;
+    let names: Vec<String> = (1..=columns.len()).map(|i| format!("c{i}")).collect();
+    edits.insert(last_close, format!(") AS pgshift_v({})", names.join(", ")));
+    Ok(())
+}
+
+/// The select list over a derived row set `pgshift_v(c1, …)` holding the written columns in
+/// order: each written column (`column_ref(i, column)`, with `up` applied to a column renamed
+/// in contract), then the counterpart columns computed from them.
+fn derived_select(
+    plan: &TablePlan,
+    columns: &[String],
+    changes: &[Change<'_>],
+    column_ref: &dyn Fn(usize, &str) -> String,
+) -> Result<String, Refusal> {
+    let refuse = |reason: &str| plan.refuse(reason.to_owned());
     let v = |col: &str| -> Result<String, Refusal> {
         match columns.iter().position(|w| w == col) {
-            Some(i) => Ok(format!("pgshift_v.c{}", i + 1)),
+            Some(i) => Ok(column_ref(i + 1, col)),
             None => match plan.shape.column(col).and_then(|c| c.default.as_ref()) {
                 None => Ok("NULL".into()),
                 Some(_) => Err(refuse(&format!(
@@ -353,7 +386,7 @@ fn apply_insert_derived(
     for (i, col) in columns.iter().enumerate() {
         match changes.iter().find(|c| !c.added && c.pair.old == *col) {
             Some(renamed) => select.push(render(&renamed.pair.up)?),
-            None => select.push(format!("pgshift_v.c{}", i + 1)),
+            None => select.push(column_ref(i + 1, col)),
         }
     }
     for change in changes.iter().filter(|c| c.added) {
@@ -364,20 +397,60 @@ fn apply_insert_derived(
         };
         select.push(render(template)?);
     }
-    edits.insert(values_start, format!("SELECT {} FROM (", select.join(", ")));
-    for row in rows {
-        let items = row_items(index, row, columns.len())
-            .ok_or_else(|| refuse("cannot split a VALUES row"))?;
-        for (item, col) in items.iter().zip(columns) {
-            edits.insert(item.start, "CAST(");
-            edits.insert(item.end, format!(" AS {})", plan.type_of(col)));
+    Ok(select.join(", "))
+}
+
+/// INSERT … SELECT: the source becomes a derived row set,
+/// `INSERT INTO t (a, b, new) SELECT CAST(pgshift_v.c1 AS type_a), …, up(…) FROM (<source>)
+/// AS pgshift_v(c1, c2)`, so each source row is computed once. The casts keep Postgres'
+/// coercion of the source's untyped literals to the target columns. Parameters inside the
+/// source are refused: inside a derived table Postgres would deduce them as text.
+#[allow(clippy::too_many_arguments)]
+fn insert_select(
+    plan: &TablePlan,
+    insert: &Insert,
+    name: &sqlparser::ast::ObjectName,
+    source: &sqlparser::ast::Query,
+    columns: &[String],
+    changes: &[Change<'_>],
+    index: &LineIndex<'_>,
+    edits: &mut Edits,
+) -> Result<(), Refusal> {
+    let refuse = |reason: &str| plan.refuse(reason.to_owned());
+    let mut has_placeholder = false;
+    let _ = sqlparser::ast::visit_expressions(source, |e| {
+        if let Expr::Value(v) = e
+            && matches!(v.value, sqlparser::ast::Value::Placeholder(_))
+        {
+            has_placeholder = true;
         }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    if has_placeholder {
+        return Err(refuse(
+            "INSERT … SELECT with parameters into a table under migration is not supported yet",
+        ));
     }
-    let last_close = index
-        .offset(rows[rows.len() - 1].closing_token.0.span.end)
-        .ok_or_else(|| refuse("cannot locate the end of VALUES"))?;
+    let text = index.text();
+    let start = index
+        .offset(source.span().start)
+        .ok_or_else(|| refuse("cannot locate the INSERT's query"))?;
+    let head = text[start..].trim_start().to_ascii_lowercase();
+    if !["select", "with", "values", "table", "("]
+        .iter()
+        .any(|k| head.starts_with(k))
+    {
+        return Err(refuse("cannot locate the INSERT's query"));
+    }
+    let end = crate::rewrite::splice::insert_source_end(text, start)
+        .ok_or_else(|| refuse("cannot locate the end of the INSERT's query"))?;
+    column_list_edits(plan, insert, name, columns, changes, index, edits)?;
+    let select = derived_select(plan, columns, changes, &|i, col| {
+        format!("CAST(pgshift_v.c{i} AS {})", plan.type_of(col))
+    })?;
+    edits.insert(start, format!("SELECT {select} FROM ("));
     let names: Vec<String> = (1..=columns.len()).map(|i| format!("c{i}")).collect();
-    edits.insert(last_close, format!(") AS pgshift_v({})", names.join(", ")));
+    edits.insert(end, format!(") AS pgshift_v({})", names.join(", ")));
     Ok(())
 }
 
