@@ -40,12 +40,32 @@ pub enum Outcome {
     Refused(Refusal),
 }
 
+/// A statement's outcome, and the migrations whose old column names it uses (for
+/// `pgshift_old_name_statements_total`: old application versions still running).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewrite {
+    pub outcome: Outcome,
+    pub old_name_migrations: Vec<Arc<str>>,
+}
+
+impl Rewrite {
+    pub fn unchanged() -> Rewrite {
+        Rewrite {
+            outcome: Outcome::Unchanged,
+            old_name_migrations: Vec::new(),
+        }
+    }
+}
+
 /// Why a statement touching a migrated table is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     /// The migrations involved (comma-separated names).
     pub migration: String,
     pub reason: String,
+    /// In a string of several statements, the (rewritten) statements before the refused one,
+    /// which run as they would before any failing statement; empty otherwise.
+    pub prefix: String,
 }
 
 impl Refusal {
@@ -101,30 +121,48 @@ impl Rewriter {
         self.prefilter.may_touch(sql.as_bytes())
     }
 
-    /// [`Self::rewrite`] through the cache, keyed by the text and the parameter types.
-    pub fn rewrite_cached(&self, sql: &str, param_types: &[u32]) -> Arc<Outcome> {
+    /// [`Self::analyze`] through the cache, keyed by the text and the parameter types.
+    pub fn rewrite_cached(&self, sql: &str, param_types: &[u32]) -> Arc<Rewrite> {
         self.cache
-            .get_or_insert(0, sql, param_types, || self.rewrite(sql))
+            .get_or_insert(sql, param_types, || self.analyze(sql))
     }
 
     /// Rewrites one Query or Parse text (which may hold several statements).
     pub fn rewrite(&self, sql: &str) -> Outcome {
+        self.analyze(sql).outcome
+    }
+
+    /// The rewrite of `sql` and the migrations whose old names it uses.
+    pub fn analyze(&self, sql: &str) -> Rewrite {
         if !self.may_touch(sql) {
-            return Outcome::Unchanged;
+            return Rewrite::unchanged();
         }
         let statements = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
             Ok(s) => s,
             Err(e) => {
-                return Outcome::Refused(self.refusal_for_text(
-                    sql,
-                    format!("pgshift cannot parse this statement ({e}), so it cannot rewrite it"),
-                ));
+                return Rewrite {
+                    outcome: Outcome::Refused(self.refusal_for_text(
+                        sql,
+                        format!(
+                            "pgshift cannot parse this statement ({e}), so it cannot rewrite it"
+                        ),
+                    )),
+                    old_name_migrations: Vec::new(),
+                };
             }
         };
+        Rewrite {
+            outcome: self.rewrite_parsed(sql, &statements),
+            old_name_migrations: self.old_name_migrations(&statements),
+        }
+    }
+
+    fn rewrite_parsed(&self, sql: &str, statements: &[Statement]) -> Outcome {
         let index = splice::LineIndex::new(sql);
         let mut edits = splice::Edits::default();
-        for statement in &statements {
-            if let Err(refusal) = self.rewrite_statement(statement, &index, &mut edits) {
+        for (i, statement) in statements.iter().enumerate() {
+            if let Err(mut refusal) = self.rewrite_statement(statement, &index, &mut edits) {
+                refusal.prefix = Self::prefix_before(sql, statements, i, &edits);
                 return Outcome::Refused(refusal);
             }
         }
@@ -142,6 +180,50 @@ impl Rewriter {
                 "the rewritten statement does not parse (a pgshift bug; please report it)".into(),
             )),
         }
+    }
+
+    /// The rewritten text of the statements before statement `i`, ending with the separator
+    /// that precedes it; empty when there are none or they cannot be told apart exactly.
+    fn prefix_before(
+        sql: &str,
+        statements: &[Statement],
+        i: usize,
+        edits: &splice::Edits,
+    ) -> String {
+        if i == 0 {
+            return String::new();
+        }
+        let Some(starts) = splice::statement_starts(sql).filter(|s| s.len() == statements.len())
+        else {
+            return String::new();
+        };
+        let prefix = match edits.apply_within(sql, 0..starts[i]) {
+            Some(p) => p,
+            None => return String::new(),
+        };
+        match Parser::parse_sql(&PostgreSqlDialect {}, &prefix) {
+            Ok(again) if again.len() == i => prefix,
+            _ => String::new(),
+        }
+    }
+
+    /// Migrations one of whose old column names appears as a column in `statements` (in an
+    /// expression, an INSERT column list or a SET target) of a statement naming its table.
+    fn old_name_migrations(&self, statements: &[Statement]) -> Vec<Arc<str>> {
+        let mut found: Vec<Arc<str>> = Vec::new();
+        for statement in statements {
+            let touched = scope::touched_tables(self, statement);
+            if touched.is_empty() {
+                continue;
+            }
+            let names = scope::column_names(statement);
+            for pair in touched.iter().flat_map(|t| &t.pairs) {
+                if names.contains(&pair.old) && !found.contains(&pair.migration) {
+                    found.push(pair.migration.clone());
+                }
+            }
+        }
+        found
     }
 
     fn rewrite_statement(
@@ -216,6 +298,7 @@ impl Rewriter {
         Refusal {
             migration: names.join(", "),
             reason,
+            prefix: String::new(),
         }
     }
 }
@@ -227,6 +310,7 @@ impl TablePlan {
         Refusal {
             migration: names.join(", "),
             reason,
+            prefix: String::new(),
         }
     }
 }

@@ -25,7 +25,7 @@ use crate::migration::{
     ColumnPair, ColumnsMigration, MigratedTable, MigrationKind, Phase, QualifiedName, TableShape,
     quote_ident,
 };
-use crate::rewrite::Rewriter;
+use crate::rewrite::{Prefilter, Rewriter};
 
 /// Gauge: the epoch of the snapshot in force.
 pub const EPOCH_METRIC: &str = "pgshift_epoch";
@@ -150,6 +150,10 @@ pub struct Snapshot {
     /// Every configured migration's phase, planned and table migrations included (for the
     /// phase gauge and for telling which migrations just left planned).
     phases: BTreeMap<String, Phase>,
+    /// Matches the tables of every configured migration, planned ones included: statements
+    /// naming them are remembered by sessions even before a migration starts, so they can be
+    /// re-prepared when it does.
+    watched: Arc<Prefilter>,
 }
 
 impl Snapshot {
@@ -174,11 +178,23 @@ impl Snapshot {
             .flat_map(|table| &table.migrations)
             .map(|m| (m.name.clone(), m.phase))
             .collect();
+        let watched = Arc::new(Prefilter::new(
+            databases
+                .values()
+                .flat_map(|view| &view.tables)
+                .map(|t| t.shape.name.name.as_str()),
+        ));
         Snapshot {
             epoch,
             databases,
             phases,
+            watched,
         }
+    }
+
+    /// The pre-filter over the tables of every configured migration.
+    pub fn watched(&self) -> &Arc<Prefilter> {
+        &self.watched
     }
 
     /// The migrated tables of `database`, if it has any.
@@ -314,10 +330,16 @@ pub async fn build(
         })?;
         databases.insert(database, Arc::new(view));
     }
+    let watched_tables: Vec<String> = config
+        .migrations
+        .iter()
+        .filter_map(|m| QualifiedName::parse(&m.table).ok().map(|n| n.name))
+        .collect();
     Ok(Snapshot {
         epoch,
         databases,
         phases: plan.phases,
+        watched: Arc::new(Prefilter::new(watched_tables.iter().map(String::as_str))),
     })
 }
 

@@ -121,7 +121,9 @@ async fn rename_through_expand_switch_contract() {
 
     // A refused statement changes nothing and names the migration.
     let err = app
-        .simple_query("INSERT INTO users (id, user_name) SELECT 9, 'x'")
+        .simple_query(
+            "INSERT INTO users (id, user_name) VALUES (9, 'x'); ALTER TABLE users ADD COLUMN z int",
+        )
         .await
         .unwrap_err();
     assert_eq!(sqlstate(&err).as_deref(), Some("0A000"));
@@ -130,6 +132,8 @@ async fn rename_through_expand_switch_contract() {
         message.contains("pgshift:") && message.contains("users_display_name"),
         "{message}"
     );
+    // Like any failing statement in a simple-query string, it aborts the implicit
+    // transaction: the INSERT before it is rolled back.
     let nine: i64 = direct
         .query_one("SELECT count(*) FROM users WHERE id = 9", &[])
         .await

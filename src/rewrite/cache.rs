@@ -1,16 +1,16 @@
-//! Bounded cache of rewrite outcomes keyed by (statement text, parameter type OIDs, epoch).
-//! Lock-free reads through a sharded map; when full, a shard-wide clear keeps memory bounded
-//! without bookkeeping on the hit path (entries of old epochs age out the same way).
+//! Bounded cache of rewrites keyed by (statement text, parameter type OIDs). Each
+//! [`super::Rewriter`] has its own, and a new snapshot brings new rewriters, so the epoch is
+//! part of the key implicitly. Sharded map reads; when full, a clear keeps memory bounded
+//! without bookkeeping on the hit path.
 
 use std::sync::Arc;
 
 use dashmap::DashMap;
 
-use super::Outcome;
+use super::Rewrite;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
-    epoch: u64,
     text: Box<str>,
     param_types: Box<[u32]>,
 }
@@ -18,7 +18,7 @@ struct Key {
 /// The cache; share one per process.
 #[derive(Debug)]
 pub struct RewriteCache {
-    map: DashMap<Key, Arc<Outcome>>,
+    map: DashMap<Key, Arc<Rewrite>>,
     capacity: usize,
 }
 
@@ -33,13 +33,11 @@ impl RewriteCache {
     /// The cached outcome, or `compute()`'s, stored.
     pub fn get_or_insert(
         &self,
-        epoch: u64,
         text: &str,
         param_types: &[u32],
-        compute: impl FnOnce() -> Outcome,
-    ) -> Arc<Outcome> {
+        compute: impl FnOnce() -> Rewrite,
+    ) -> Arc<Rewrite> {
         let key = Key {
-            epoch,
             text: text.into(),
             param_types: param_types.into(),
         };
@@ -68,18 +66,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hits_by_text_types_and_epoch_and_stays_bounded() {
+    fn hits_by_text_and_types_and_stays_bounded() {
         let cache = RewriteCache::new(2);
         let mut computed = 0;
         for _ in 0..3 {
-            cache.get_or_insert(1, "select 1", &[], || {
+            cache.get_or_insert("select 1", &[], || {
                 computed += 1;
-                Outcome::Unchanged
+                Rewrite::unchanged()
             });
         }
         assert_eq!(computed, 1);
-        cache.get_or_insert(2, "select 1", &[], || Outcome::Unchanged);
-        cache.get_or_insert(2, "select 1", &[23], || Outcome::Unchanged);
+        cache.get_or_insert("select 2", &[], Rewrite::unchanged);
+        cache.get_or_insert("select 1", &[23], Rewrite::unchanged);
         assert!(cache.len() <= 2);
     }
 }

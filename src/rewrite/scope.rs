@@ -100,6 +100,40 @@ pub fn touched_tables(rw: &Rewriter, statement: &Statement) -> Vec<Arc<TablePlan
     found
 }
 
+/// Every column name a statement uses: in expressions (last part of a qualified name), INSERT
+/// column lists and SET targets, normalized.
+pub fn column_names(statement: &Statement) -> Vec<String> {
+    let mut names = Vec::new();
+    let _ = sqlparser::ast::visit_expressions(statement, |e| {
+        match e {
+            Expr::Identifier(i) => names.push(normalize_ident(i)),
+            Expr::CompoundIdentifier(parts) => names.extend(parts.last().map(normalize_ident)),
+            _ => {}
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    let mut push_object = |name: &ObjectName| {
+        if let Some(last) = idents(name).and_then(|i| i.last().map(normalize_ident)) {
+            names.push(last);
+        }
+    };
+    match statement {
+        Statement::Insert(insert) => insert.columns.iter().for_each(&mut push_object),
+        Statement::Update(update) => {
+            for a in &update.assignments {
+                match &a.target {
+                    sqlparser::ast::AssignmentTarget::ColumnName(c) => push_object(c),
+                    sqlparser::ast::AssignmentTarget::Tuple(cs) => {
+                        cs.iter().for_each(&mut push_object)
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    names
+}
+
 struct Walker<'a, 'e> {
     /// `None` when only target column references are rewritten.
     rw: Option<&'a Rewriter>,

@@ -293,6 +293,31 @@ pub fn insert_source_end(text: &str, start: usize) -> Option<usize> {
     end.map(|e| start + e)
 }
 
+/// Where each statement of a multi-statement string starts: after each top-level `;`
+/// (skipping whitespace and comments), by tokens. `None` when the text does not tokenize.
+pub fn statement_starts(text: &str) -> Option<Vec<usize>> {
+    use sqlparser::dialect::PostgreSqlDialect;
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, text)
+        .tokenize_with_location()
+        .ok()?;
+    let index = LineIndex::new(text);
+    let mut starts = Vec::new();
+    let mut expecting = true;
+    for t in &tokens {
+        match &t.token {
+            Token::Whitespace(_) | Token::EOF => {}
+            Token::SemiColon => expecting = true,
+            _ if expecting => {
+                starts.push(index.range(t.span)?.start);
+                expecting = false;
+            }
+            _ => {}
+        }
+    }
+    Some(starts)
+}
+
 #[cfg(test)]
 mod list_tests {
     use super::*;
@@ -320,6 +345,14 @@ mod list_tests {
         assert_eq!(value(", b"), Some("'1'::int"));
         assert_eq!(value(", c"), Some("f(x, (y))"));
         assert_eq!(assignment_value("SET a b", 5), None);
+    }
+
+    #[test]
+    fn statements_start_after_top_level_semicolons() {
+        let text = "select ';'; /* ; */ insert into t values (1);\n select $$;$$";
+        let starts = statement_starts(text).unwrap();
+        let firsts: Vec<&str> = starts.iter().map(|&s| &text[s..s + 6]).collect();
+        assert_eq!(firsts, ["select", "insert", "select"]);
     }
 
     #[test]

@@ -247,6 +247,23 @@ fn insert_select_goes_through_a_derived_row_set() {
 }
 
 #[test]
+fn statements_before_a_refused_one_are_kept_rewritten() {
+    let rw = users(Phase::Expand, Phase::Planned);
+    let r = refused(
+        &rw,
+        "INSERT INTO users (id, user_name) VALUES (1, 'a'); COMMIT; ALTER TABLE users ADD x int; SELECT 1",
+    );
+    assert_eq!(
+        r.prefix,
+        "INSERT INTO users (id, user_name, display_name) VALUES (1, 'a', (('a')::text)); COMMIT; "
+    );
+    assert_eq!(
+        refused(&rw, "ALTER TABLE users ADD x int; SELECT 1").prefix,
+        ""
+    );
+}
+
+#[test]
 fn contract_writes_only_the_new_side() {
     let rw = users(Phase::Contract, Phase::Planned);
     assert_eq!(

@@ -15,20 +15,33 @@ use std::time::Instant;
 use bytes::BytesMut;
 
 use super::replies::Request;
-use crate::metrics::Metrics;
-use crate::rewrite::{Outcome, Rewriter};
+use crate::metrics::{Metrics, OLD_NAME_STATEMENTS_TOTAL};
+use crate::rewrite::{Outcome, Prefilter, Rewrite, Rewriter};
 use crate::snapshot::Snapshot;
 use crate::wire::{self, Severity};
 
-/// A prepared statement as the client defined it and as it was sent upstream.
+/// A prepared statement as the client defined it and as it is prepared upstream.
 #[derive(Debug)]
 struct Prepared {
     query: String,
     param_types: Vec<u32>,
-    /// Epoch of the snapshot its upstream text was computed under.
+    /// Epoch of the snapshot `sent` is known to be right for.
     epoch: u64,
-    /// The text sent upstream.
+    /// The text prepared upstream; empty when unknown (a re-prepare failed after its Close).
     sent: Arc<str>,
+    /// A re-prepare in flight, until the server answers it.
+    reparse: Option<Reparse>,
+}
+
+/// An injected Close + Parse awaiting its ParseComplete.
+#[derive(Debug)]
+struct Reparse {
+    ticket: u64,
+    text: Arc<str>,
+    epoch: u64,
+    /// The Sync group it was sent in: a Bind later in the same group follows it (and shares
+    /// its fate), one in a later group must not trust it until it is answered.
+    group: u64,
 }
 
 /// What to forward for one client frame.
@@ -54,8 +67,15 @@ pub struct Interceptor {
     epoch: u64,
     /// The pinned snapshot's rewriter for this database; `None` when nothing is migrating.
     rewriter: Option<Arc<Rewriter>>,
+    /// The pinned snapshot's pre-filter over every configured migration's tables.
+    watched: Option<Arc<Prefilter>>,
     statements: HashMap<String, Prepared>,
     refusals: u64,
+    /// Sync groups (Sync, Query, FunctionCall) forwarded so far.
+    group: u64,
+    tickets: u64,
+    /// The transaction is failed (`E`): a re-prepare now would only fail.
+    aborted: bool,
 }
 
 impl Interceptor {
@@ -64,8 +84,12 @@ impl Interceptor {
             database: database.to_owned(),
             epoch: 0,
             rewriter: None,
+            watched: None,
             statements: HashMap::new(),
             refusals: 0,
+            group: 0,
+            tickets: 0,
+            aborted: false,
         }
     }
 
@@ -79,6 +103,37 @@ impl Interceptor {
             .database(&self.database)
             .map(|view| view.rewriter.clone())
             .filter(|r| !r.is_empty());
+        self.watched = Some(snapshot.watched().clone());
+    }
+
+    /// A Sync, Query or FunctionCall was forwarded: later messages are in a new group.
+    pub fn next_group(&mut self) {
+        self.group += 1;
+    }
+
+    /// The transaction status seen before this read buffer (`E`: failed transaction).
+    pub fn set_status(&mut self, status: u8) {
+        self.aborted = status == b'E';
+    }
+
+    /// The server answered re-prepare `ticket`: `ok` when its ParseComplete came, false when
+    /// it failed or was discarded after an earlier error.
+    pub fn settle(&mut self, ticket: u64, ok: bool) {
+        let Some(stmt) = self
+            .statements
+            .values_mut()
+            .find(|s| s.reparse.as_ref().is_some_and(|r| r.ticket == ticket))
+        else {
+            return;
+        };
+        let reparse = stmt.reparse.take().expect("found by its ticket");
+        if ok {
+            stmt.sent = reparse.text;
+            stmt.epoch = reparse.epoch;
+        } else {
+            // Its Close may have run: the upstream statement is gone or stale.
+            stmt.sent = Arc::from("");
+        }
     }
 
     /// Query frames must be read whole only while something is migrating.
@@ -86,17 +141,21 @@ impl Interceptor {
         self.rewriter.is_some()
     }
 
-    fn outcome(&self, query: &str, param_types: &[u32], metrics: &Metrics) -> Arc<Outcome> {
+    fn outcome(&self, query: &str, param_types: &[u32], metrics: &Metrics) -> Arc<Rewrite> {
         match &self.rewriter {
             Some(rw) if rw.may_touch(query) => {
                 let started = Instant::now();
-                let outcome = rw.rewrite_cached(query, param_types);
+                let rewrite = rw.rewrite_cached(query, param_types);
                 metrics
                     .rewrite_seconds
                     .record(started.elapsed().as_secs_f64());
-                outcome
+                for migration in &rewrite.old_name_migrations {
+                    metrics::counter!(OLD_NAME_STATEMENTS_TOTAL, "migration" => migration.to_string())
+                        .increment(1);
+                }
+                rewrite
             }
-            _ => Arc::new(Outcome::Unchanged),
+            _ => Arc::new(Rewrite::unchanged()),
         }
     }
 
@@ -119,7 +178,7 @@ impl Interceptor {
             return Decision::Forward;
         };
         let mut out = BytesMut::new();
-        match self.outcome(query, &[], metrics).as_ref() {
+        match &self.outcome(query, &[], metrics).outcome {
             Outcome::Unchanged => {
                 metrics.statements_passthrough.increment(1);
                 return Decision::Forward;
@@ -131,7 +190,8 @@ impl Interceptor {
             Outcome::Refused(r) => {
                 metrics.statements_refused.increment(1);
                 let (failing, refusal) = self.refusal(&r.message());
-                wire::put_query(&mut out, &failing);
+                // Statements before the refused one run, as before any failing statement.
+                wire::put_query(&mut out, &format!("{}{failing}", r.prefix));
                 refusals.push(refusal);
             }
         }
@@ -149,7 +209,7 @@ impl Interceptor {
             return Decision::Forward;
         };
         let outcome = self.outcome(parse.query, &parse.param_types, metrics);
-        let (decision, sent): (Decision, Arc<str>) = match outcome.as_ref() {
+        let (decision, sent): (Decision, Arc<str>) = match &outcome.outcome {
             Outcome::Unchanged => {
                 metrics.statements_passthrough.increment(1);
                 (Decision::Forward, Arc::from(parse.query))
@@ -169,9 +229,15 @@ impl Interceptor {
                 (Decision::Replace(out), Arc::from(failing.as_str()))
             }
         };
-        // Remember every named statement (and the unnamed one while something migrates), so
-        // a later phase change can re-prepare it.
-        if !parse.name.is_empty() || self.rewriter.is_some() {
+        // Remember every named statement, and the unnamed one when it names a table of any
+        // configured migration (it is re-parsed per use, so this keeps the hot path free of
+        // copies), so a later phase change can re-prepare it.
+        let watched = |q: &str| {
+            self.watched
+                .as_ref()
+                .is_some_and(|w| w.may_touch(q.as_bytes()))
+        };
+        if !parse.name.is_empty() || watched(parse.query) {
             self.statements.insert(
                 parse.name.to_owned(),
                 Prepared {
@@ -179,6 +245,7 @@ impl Interceptor {
                     param_types: parse.param_types.clone(),
                     epoch: self.epoch,
                     sent,
+                    reparse: None,
                 },
             );
         } else {
@@ -189,7 +256,9 @@ impl Interceptor {
 
     /// Before a Bind or Describe of statement `name`: if the statement was prepared under
     /// another snapshot and its text under the current one differs, the messages to inject
-    /// (Close and Parse of the same name, replies hidden).
+    /// (Close and Parse of the same name, replies hidden). The new text is trusted only once
+    /// the server answered the Parse ([`Self::settle`]); until then every new Sync group
+    /// re-prepares again, so a re-prepare discarded after an error is never mistaken for done.
     pub fn reprepare(
         &mut self,
         name: &str,
@@ -198,37 +267,48 @@ impl Interceptor {
         requests: &mut Vec<Request>,
         refusals: &mut Vec<PendingRefusal>,
     ) {
-        let epoch = self.epoch;
+        let (epoch, group) = (self.epoch, self.group);
         let Some(stmt) = self.statements.get(name) else {
             return;
         };
-        if stmt.epoch == epoch {
+        if stmt.epoch == epoch && stmt.reparse.is_none() {
+            return;
+        }
+        if stmt.reparse.as_ref().is_some_and(|r| r.group == group) || self.aborted {
+            // Already re-preparing in this group; or the transaction is failed and the Bind
+            // will be refused by the server anyway (a Parse now would fail too).
             return;
         }
         let outcome = match &self.rewriter {
             Some(_) => self.outcome(&stmt.query, &stmt.param_types, metrics),
-            None => Arc::new(Outcome::Unchanged),
+            None => Arc::new(Rewrite::unchanged()),
         };
-        let text: String = match outcome.as_ref() {
+        let text: String = match &outcome.outcome {
             Outcome::Unchanged => stmt.query.clone(),
             Outcome::Rewritten(t) => t.clone(),
             Outcome::Refused(r) => {
-                let message = r.message();
-                let (failing, refusal) = self.refusal(&message);
+                let (failing, refusal) = self.refusal(&r.message());
                 refusals.push(refusal);
                 failing
             }
         };
+        self.tickets += 1;
+        let ticket = self.tickets;
         let stmt = self.statements.get_mut(name).expect("looked up above");
-        stmt.epoch = epoch;
-        if *stmt.sent == *text {
+        if *stmt.sent == *text && stmt.reparse.is_none() {
+            stmt.epoch = epoch;
             return;
         }
         wire::put_close_statement(out, name);
         wire::put_parse(out, name, &text, &stmt.param_types);
         requests.push(Request::Close { hidden: true });
-        requests.push(Request::Parse { hidden: true });
-        stmt.sent = Arc::from(text.as_str());
+        requests.push(Request::Reparse { ticket });
+        stmt.reparse = Some(Reparse {
+            ticket,
+            text: Arc::from(text.as_str()),
+            epoch,
+            group,
+        });
     }
 
     /// The client closed statement `name`.

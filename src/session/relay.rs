@@ -200,9 +200,17 @@ async fn client_to_server(
             Ok(_) => {}
             Err(e) => return SessionEnd::ClientError(e),
         }
-        // A transaction starting now runs under the current snapshot until it ends.
-        if shared.is_idle() {
-            intercept.pin(&proxy.snapshots.load());
+        {
+            let mut replies = shared.replies();
+            for (ticket, ok) in replies.take_settled() {
+                intercept.settle(ticket, ok);
+            }
+            intercept.set_status(replies.status());
+            // A transaction starting now runs under the current snapshot until it ends.
+            if replies.is_idle() {
+                drop(replies);
+                intercept.pin(&proxy.snapshots.load());
+            }
         }
         let scan = match client::scan(
             &buf,

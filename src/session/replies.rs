@@ -14,8 +14,11 @@ use bytes::BytesMut;
 /// One forwarded request whose reply matters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request {
-    /// A Parse; `hidden` when pgshift injected it (its ParseComplete is not forwarded).
-    Parse { hidden: bool },
+    /// A client's Parse.
+    Parse,
+    /// A Parse pgshift injected to re-prepare a statement (its ParseComplete is hidden); its
+    /// outcome is reported back under `ticket`.
+    Reparse { ticket: u64 },
     /// A Close; `hidden` likewise.
     Close { hidden: bool },
     /// Sync: ends an extended-protocol sequence with ReadyForQuery.
@@ -44,6 +47,8 @@ pub struct Replies {
     /// ErrorResponses to substitute, by the marker their text contains (see
     /// [`crate::session`]'s refusal mechanism).
     refusals: Vec<(String, BytesMut)>,
+    /// Outcomes of re-prepares: (ticket, succeeded).
+    settled: Vec<(u64, bool)>,
 }
 
 impl Default for Replies {
@@ -54,6 +59,7 @@ impl Default for Replies {
             status: b'I',
             closing: false,
             refusals: Vec::new(),
+            settled: Vec::new(),
         }
     }
 }
@@ -98,12 +104,24 @@ impl Replies {
     /// ParseComplete or CloseComplete arrived.
     pub fn on_complete(&mut self, parse: bool) -> Verdict {
         let position = self.requests.iter().position(|r| match r {
-            Request::Parse { .. } => parse,
+            Request::Parse | Request::Reparse { .. } => parse,
             Request::Close { .. } => !parse,
             Request::Sync | Request::Query => true,
         });
-        match position.map(|i| (i, self.requests[i])) {
-            Some((i, Request::Parse { hidden } | Request::Close { hidden })) => {
+        let Some(i) = position else {
+            return Verdict::Forward;
+        };
+        match self.requests[i] {
+            Request::Parse => {
+                self.requests.remove(i);
+                Verdict::Forward
+            }
+            Request::Reparse { ticket } => {
+                self.requests.remove(i);
+                self.settled.push((ticket, true));
+                Verdict::Hide
+            }
+            Request::Close { hidden } => {
                 self.requests.remove(i);
                 if hidden {
                     Verdict::Hide
@@ -111,23 +129,45 @@ impl Replies {
                     Verdict::Forward
                 }
             }
-            _ => Verdict::Forward,
+            Request::Sync | Request::Query => Verdict::Forward,
         }
     }
 
     /// An ErrorResponse arrived: the requests up to the next Sync are discarded by the server.
     pub fn on_error(&mut self) {
-        while let Some(Request::Parse { .. } | Request::Close { .. }) = self.requests.front() {
-            self.requests.pop_front();
+        while let Some(r) = self.requests.front().copied() {
+            if matches!(r, Request::Sync | Request::Query) {
+                break;
+            }
+            self.drop_front();
         }
+    }
+
+    /// Removes the first request unanswered; a re-prepare among them failed.
+    fn drop_front(&mut self) {
+        if let Some(Request::Reparse { ticket }) = self.requests.pop_front() {
+            self.settled.push((ticket, false));
+        }
+    }
+
+    /// Re-prepare outcomes since the last call: (ticket, succeeded).
+    pub fn take_settled(&mut self) -> Vec<(u64, bool)> {
+        std::mem::take(&mut self.settled)
+    }
+
+    /// The transaction status of the last ReadyForQuery.
+    pub fn status(&self) -> u8 {
+        self.status
     }
 
     /// ReadyForQuery arrived. Returns true when the session is now idle.
     pub fn on_ready(&mut self, status: u8) -> bool {
-        while let Some(r) = self.requests.pop_front() {
+        while let Some(r) = self.requests.front().copied() {
             if matches!(r, Request::Sync | Request::Query) {
+                self.requests.pop_front();
                 break;
             }
+            self.drop_front();
         }
         self.owed = self.owed.saturating_sub(1);
         self.status = status;
@@ -167,16 +207,12 @@ mod tests {
     fn hidden_replies_are_matched_in_order() {
         let mut r = Replies::default();
         // Client Parse(a); pgshift injects Close+Parse before a Bind; Sync.
-        r.push(&[
-            Parse { hidden: false },
-            Close { hidden: true },
-            Parse { hidden: true },
-            Sync,
-        ]);
+        r.push(&[Parse, Close { hidden: true }, Reparse { ticket: 7 }, Sync]);
         assert!(!r.is_idle());
         assert_eq!(r.on_complete(true), Verdict::Forward);
         assert_eq!(r.on_complete(false), Verdict::Hide);
         assert_eq!(r.on_complete(true), Verdict::Hide);
+        assert_eq!(r.take_settled(), [(7, true)]);
         assert!(r.on_ready(b'I'));
         assert_eq!(
             r.on_complete(true),
@@ -189,16 +225,22 @@ mod tests {
     fn an_error_discards_requests_until_sync() {
         let mut r = Replies::default();
         r.push(&[
-            Parse { hidden: false },
-            Close { hidden: true },
+            Parse,
+            Reparse { ticket: 1 },
             Sync,
-            Parse { hidden: true },
+            Reparse { ticket: 2 },
             Sync,
         ]);
         r.on_error();
+        assert_eq!(
+            r.take_settled(),
+            [(1, false)],
+            "a discarded re-prepare failed"
+        );
         assert!(!r.on_ready(b'I'));
         // The second sequence is intact.
         assert_eq!(r.on_complete(true), Verdict::Hide);
+        assert_eq!(r.take_settled(), [(2, true)]);
         assert!(r.on_ready(b'I'));
     }
 

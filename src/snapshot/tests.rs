@@ -6,6 +6,7 @@ use metrics::{
 
 use super::*;
 use crate::migration::ColumnInfo;
+use crate::rewrite::Prefilter;
 
 const PROXY: &str = "[proxy]\nlisten = \"127.0.0.1:0\"\nupstream = \"db:5432\"\n";
 
@@ -426,6 +427,7 @@ fn publishing_sets_the_epoch_and_every_configured_phase() {
         epoch: 9,
         databases: HashMap::new(),
         phases: plan(&c).unwrap().phases,
+        watched: Arc::new(Prefilter::new([])),
     };
     metrics::with_local_recorder(&recorder, || {
         let store = SnapshotStore::new(Snapshot::empty(3));

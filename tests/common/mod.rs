@@ -5,11 +5,13 @@
 //! `PGSHIFT_TEST_DATABASE_URL`); [`fresh_database`] gives each test its own database so tests run
 //! in parallel; [`ProxyConfig`] writes a TOML config and [`Proxy`] runs `pgshift serve` on it,
 //! waiting for its `{"event":"ready",…}` line on stdout. Clients: [`connect`] (tokio-postgres)
-//! and [`psql`]; [`raw`] drives the protocol by hand.
+//! and [`psql`]; [`raw`] drives the protocol by hand. [`users`] is the `users` table under two
+//! column migrations, for the migration tests.
 
 #![allow(dead_code, unused_imports)] // each test binary uses a different part of the harness
 
 pub mod raw;
+pub mod users;
 
 use std::future::Future;
 use std::io::{BufRead, BufReader};

@@ -87,6 +87,7 @@ pub fn scan(
                     break;
                 }
                 scan.requests.push(Request::Query);
+                intercept.next_group();
                 if intercept.rewriting() {
                     if let Decision::Replace(bytes) =
                         intercept.on_query(frame, metrics, &mut scan.refusals)
@@ -101,7 +102,7 @@ pub fn scan(
                 if !whole {
                     break;
                 }
-                scan.requests.push(Request::Parse { hidden: false });
+                scan.requests.push(Request::Parse);
                 if let Decision::Replace(bytes) =
                     intercept.on_parse(frame, metrics, &mut scan.refusals)
                 {
@@ -142,8 +143,14 @@ pub fn scan(
                 }
                 scan.requests.push(Request::Close { hidden: false });
             }
-            tag::SYNC => scan.requests.push(Request::Sync),
-            tag::FUNCTION_CALL => scan.requests.push(Request::Query),
+            tag::SYNC => {
+                scan.requests.push(Request::Sync);
+                intercept.next_group();
+            }
+            tag::FUNCTION_CALL => {
+                scan.requests.push(Request::Query);
+                intercept.next_group();
+            }
             _ => {}
         }
         if whole {
@@ -192,7 +199,7 @@ mod tests {
             scan.requests,
             [
                 Request::Query,
-                Request::Parse { hidden: false },
+                Request::Parse,
                 Request::Close { hidden: false },
                 Request::Sync
             ]

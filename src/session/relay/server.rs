@@ -139,7 +139,7 @@ mod tests {
         let mut replies = Replies::default();
         replies.push(&[
             Request::Close { hidden: true },
-            Request::Parse { hidden: true },
+            Request::Reparse { ticket: 1 },
             Request::Sync,
             Request::Query,
         ]);
