@@ -36,6 +36,10 @@ enum Command {
     Check {
         #[arg(long, short)]
         config: PathBuf,
+        /// Also check the migrations against the databases (tables, columns, up/down),
+        /// changing nothing.
+        #[arg(long)]
+        connect: bool,
     },
 }
 
@@ -43,7 +47,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config } => serve(config),
-        Command::Check { config } => check(config),
+        Command::Check { config, connect } => check(config, connect),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -54,8 +58,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(path: PathBuf) -> anyhow::Result<()> {
+fn check(path: PathBuf, connect: bool) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
+    if connect {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        runtime.block_on(pgshift::snapshot::check(&config))?;
+    }
     println!(
         "{}: ok ({} migration{})",
         path.display(),

@@ -42,6 +42,9 @@ pub enum SnapshotError {
     /// The migration's definition or the table it names does not fit.
     #[error("migration {migration:?}: {message}")]
     Invalid { migration: String, message: String },
+    /// The rewrite engine could not be compiled for the migrations (its message names them).
+    #[error("{0}")]
+    Rewrite(String),
     /// Two active migrations on one table share a column.
     #[error(
         "migrations {first:?} and {second:?} both map column {column:?} of table {table}; \
@@ -75,7 +78,7 @@ impl SnapshotError {
                 Some(migration)
             }
             SnapshotError::Overlap { first, .. } => Some(first),
-            SnapshotError::Connect { .. } => None,
+            SnapshotError::Connect { .. } | SnapshotError::Rewrite(_) => None,
         }
     }
 
@@ -303,6 +306,29 @@ pub async fn build(
     epoch: u64,
     previous: Option<&Snapshot>,
 ) -> Result<Snapshot, SnapshotError> {
+    build_with(config, epoch, previous, Ddl::Run).await
+}
+
+/// Checks `config` against the databases without changing anything (`pgshift check
+/// --connect`): like [`build`], but `expand_sql` is not run; a migration whose new column it
+/// would add is reported as ready instead of checked.
+pub async fn check(config: &Config) -> Result<Snapshot, SnapshotError> {
+    build_with(config, 1, None, Ddl::Skip).await
+}
+
+/// Whether building may run `expand_sql`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ddl {
+    Run,
+    Skip,
+}
+
+async fn build_with(
+    config: &Config,
+    epoch: u64,
+    previous: Option<&Snapshot>,
+    ddl: Ddl,
+) -> Result<Snapshot, SnapshotError> {
     let plan = plan(config)?;
     let mut databases = HashMap::new();
     for (database, tables) in group(plan.active) {
@@ -315,19 +341,19 @@ pub async fn build(
                 })?;
         let mut migrated = Vec::new();
         for (table, migrations) in tables {
-            let shape = resolve_table(&conn, &table, &migrations, previous).await?;
+            let (shape, deferred) =
+                resolve_table(&conn, &table, &migrations, previous, ddl).await?;
             migrated.push(MigratedTable {
                 shape,
+                // Only when checking: migrations waiting for their expand_sql are left out.
                 migrations: migrations
                     .into_iter()
+                    .filter(|a| !deferred.contains(&a.migration.name))
                     .map(|a| Arc::new(a.migration))
                     .collect(),
             });
         }
-        let view = DatabaseView::new(migrated).map_err(|message| SnapshotError::Invalid {
-            migration: String::new(),
-            message,
-        })?;
+        let view = DatabaseView::new(migrated).map_err(SnapshotError::Rewrite)?;
         databases.insert(database, Arc::new(view));
     }
     let watched_tables: Vec<String> = config
@@ -495,15 +521,22 @@ async fn resolve_table(
     table: &QualifiedName,
     migrations: &[Active<'_>],
     previous: Option<&Snapshot>,
-) -> Result<TableShape, SnapshotError> {
+    ddl: Ddl,
+) -> Result<(TableShape, Vec<String>), SnapshotError> {
     let first = &migrations[0].migration.name;
     let mut shape = load_existing_shape(conn, table, first).await?;
+    let mut deferred = Vec::new();
     for a in migrations {
         let m = &a.migration;
         check_old_columns(&shape, m)?;
         if missing_new_column(&shape, m).is_some()
             && let Some(sql) = entering_expand_sql(a, previous)
         {
+            if ddl == Ddl::Skip {
+                tracing::info!(migration = %m.name, %table, "expand_sql would add the new column");
+                deferred.push(m.name.clone());
+                continue;
+            }
             tracing::info!(migration = %m.name, %table, "running expand_sql");
             catalog::run_ddl(conn, sql, EXPAND_LOCK_TIMEOUT, EXPAND_ATTEMPTS)
                 .await
@@ -523,9 +556,11 @@ async fn resolve_table(
         }
     }
     for a in migrations {
-        check_expressions_compile(conn, &shape, &a.migration).await?;
+        if !deferred.contains(&a.migration.name) {
+            check_expressions_compile(conn, &shape, &a.migration).await?;
+        }
     }
-    Ok(shape)
+    Ok((shape, deferred))
 }
 
 async fn load_existing_shape(

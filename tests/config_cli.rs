@@ -174,3 +174,71 @@ fn serve_refuses_an_unreadable_tls_certificate() {
         stderr(&out)
     );
 }
+
+mod common;
+
+/// `check --connect` validates migrations against the real database and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_connect_validates_migrations_without_changing_anything() {
+    let db = common::fresh_database("check_connect").await;
+    let direct = db.connect().await;
+    direct
+        .batch_execute("CREATE TABLE users (id int PRIMARY KEY, user_name text)")
+        .await
+        .unwrap();
+    let config = |phase: &str, new: &str, expand_sql: &str| {
+        common::ProxyConfig::new(common::cluster())
+            .extra(&format!(
+                "[control]\nuser = \"postgres\"\n\n[[migration]]\nname = \"rename\"\ndatabase = \"{}\"\n\
+                 table = \"users\"\nkind = \"columns\"\nphase = \"{phase}\"\n{expand_sql}\
+                 [[migration.columns]]\nold = \"user_name\"\nnew = \"{new}\"\n",
+                db.name
+            ))
+            .to_toml()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let check = |text: String| {
+        let path = write_config(dir.path(), &text);
+        run(pgshift(&["check", "--connect", "--config", &path]))
+    };
+
+    let missing = check(config("expand", "display_name", ""));
+    assert!(!missing.status.success());
+    let message = stderr(&missing);
+    assert!(
+        message.contains("rename") && message.contains("display_name"),
+        "{message}"
+    );
+
+    let with_ddl = check(config(
+        "expand",
+        "display_name",
+        "expand_sql = \"ALTER TABLE users ADD COLUMN display_name text\"\n",
+    ));
+    assert!(with_ddl.status.success(), "{}", stderr(&with_ddl));
+    let added: i64 = direct
+        .query_one(
+            "SELECT count(*) FROM information_schema.columns WHERE table_name = 'users' AND column_name = 'display_name'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(added, 0, "check must not run expand_sql");
+
+    direct
+        .batch_execute("ALTER TABLE users ADD COLUMN display_name text")
+        .await
+        .unwrap();
+    assert!(check(config("expand", "display_name", "")).status.success());
+    let bad_up = check(config("expand", "display_name", "").replace(
+        "new = \"display_name\"",
+        "new = \"display_name\"\nup = \"no_such_column\"",
+    ));
+    assert!(!bad_up.status.success());
+    assert!(
+        stderr(&bad_up).contains("no_such_column"),
+        "{}",
+        stderr(&bad_up)
+    );
+}
