@@ -19,7 +19,7 @@ mod write;
 
 use std::sync::Arc;
 
-use sqlparser::ast::{CopySource, Ident, Statement};
+use sqlparser::ast::{CopySource, Ident, SetExpr, Statement};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
@@ -233,7 +233,19 @@ impl Rewriter {
         edits: &mut splice::Edits,
     ) -> Result<(), Refusal> {
         match statement {
-            Statement::Query(_) => scope::rewrite_reads(self, statement, None, index, edits),
+            Statement::Query(query) => {
+                // Data-modifying CTEs are writes of their own (`WITH w AS (UPDATE …) …`).
+                let mut handled: Vec<*const Statement> = Vec::new();
+                for cte in query.with.iter().flat_map(|w| &w.cte_tables) {
+                    if let SetExpr::Insert(s) | SetExpr::Update(s) | SetExpr::Delete(s) =
+                        cte.query.body.as_ref()
+                    {
+                        self.rewrite_statement(s, index, edits)?;
+                        handled.push(s);
+                    }
+                }
+                scope::rewrite_reads_except(self, statement, &handled, index, edits)
+            }
             Statement::Insert(insert) => write::insert(self, statement, insert, index, edits),
             Statement::Update(update) => write::update(self, statement, update, index, edits),
             Statement::Delete(delete) => write::delete(self, statement, delete, index, edits),

@@ -82,7 +82,7 @@ async fn statements_touching_no_migrated_table_are_forwarded_byte_identical() {
 const REFUSED: &[&str] = &[
     "MERGE INTO users u USING (VALUES (1, 'x')) AS v(id, n) ON u.id = v.id \
      WHEN MATCHED THEN UPDATE SET user_name = v.n",
-    "WITH d AS (DELETE FROM users WHERE id = 1 RETURNING id) SELECT count(*) FROM d",
+    "TRUNCATE users",
     "ALTER TABLE users ADD COLUMN note text",
     "CREATE INDEX users_age ON users (age)",
     "COPY users TO STDOUT",

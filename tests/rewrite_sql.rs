@@ -276,3 +276,34 @@ async fn insert_select_copies_rows_to_both_sides_on_real_postgres() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_modifying_ctes_dual_write_on_real_postgres() {
+    let db = fresh_database("rewrite_cte").await;
+    let client = db.connect().await;
+    client.batch_execute(SCHEMA).await.unwrap();
+    client
+        .batch_execute("INSERT INTO users (id, user_name) VALUES (1, 'a'), (2, 'b')")
+        .await
+        .unwrap();
+    let rw = Rewriter::new(&[fixtures::users_table(Phase::Expand, Phase::Expand)]).unwrap();
+    let rows = client
+        .query(
+            &rewrite(
+                &rw,
+                "WITH w AS (UPDATE users SET user_name = upper(user_name) WHERE display_name = 'a' RETURNING id, display_name), \
+                 n AS (INSERT INTO users (id, user_name) VALUES (3, 'c') RETURNING id) \
+                 SELECT w.id, w.display_name FROM w UNION ALL SELECT n.id, NULL FROM n ORDER BY 1",
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: Vec<(i32, Option<String>)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(got, [(1, Some("A".into())), (3, None)]);
+    let sides = sides(&client).await;
+    assert_eq!(sides[0].1, sides[0].2);
+    assert_eq!(sides[0].2.as_deref(), Some("A"));
+    assert_eq!(sides[2].1.as_deref(), Some("c"));
+    assert_eq!(sides[2].2.as_deref(), Some("c"));
+}

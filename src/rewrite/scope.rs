@@ -30,9 +30,30 @@ pub struct Target {
     pub has_other_tables: bool,
     /// Unqualified column names refer to this table (false for `EXCLUDED`).
     pub matches_unqualified: bool,
+    /// Byte ranges of bare column references that are RETURNING items: replaced, they keep
+    /// their output name with an alias (RowDescription must not change).
+    pub outputs: Vec<std::ops::Range<usize>>,
 }
 
 impl Target {
+    /// Records which RETURNING items are bare column references.
+    pub fn with_outputs(
+        mut self,
+        returning: Option<&[sqlparser::ast::SelectItem]>,
+        index: &LineIndex<'_>,
+    ) -> Target {
+        for item in returning.unwrap_or_default() {
+            if let sqlparser::ast::SelectItem::UnnamedExpr(
+                e @ (Expr::Identifier(_) | Expr::CompoundIdentifier(_)),
+            ) = item
+                && let Some(range) = index.range(e.span())
+            {
+                self.outputs.push(range);
+            }
+        }
+        self
+    }
+
     /// The expression for a non-authoritative column of the target, qualified.
     fn computed(&self, column: &str) -> Option<String> {
         let pair = self.plan.non_authoritative(column)?;
@@ -59,7 +80,19 @@ pub fn rewrite_reads<V: Visit>(
     index: &LineIndex<'_>,
     edits: &mut Edits,
 ) -> Result<(), Refusal> {
-    walk(Some(rw), node, target, index, edits)
+    walk(Some(rw), node, target, index, edits, &[])
+}
+
+/// [`rewrite_reads`] of a query whose data-modifying CTE statements in `handled` were
+/// rewritten on their own: their subtrees are left alone.
+pub fn rewrite_reads_except(
+    rw: &Rewriter,
+    node: &Statement,
+    handled: &[*const Statement],
+    index: &LineIndex<'_>,
+    edits: &mut Edits,
+) -> Result<(), Refusal> {
+    walk(Some(rw), node, None, index, edits, handled)
 }
 
 fn walk<V: Visit>(
@@ -68,6 +101,7 @@ fn walk<V: Visit>(
     target: Option<&Target>,
     index: &LineIndex<'_>,
     edits: &mut Edits,
+    handled: &[*const Statement],
 ) -> Result<(), Refusal> {
     let mut walker = Walker {
         rw,
@@ -77,6 +111,8 @@ fn walk<V: Visit>(
         ctes: Vec::new(),
         depth: 0,
         statements: 0,
+        handled,
+        skipping: 0,
         error: None,
     };
     let _ = node.visit(&mut walker);
@@ -146,6 +182,10 @@ struct Walker<'a, 'e> {
     depth: usize,
     /// Statements entered (1 = the top-level one; more = data-modifying CTEs and the like).
     statements: usize,
+    /// Nested statements already rewritten on their own (compared by address).
+    handled: &'a [*const Statement],
+    /// Depth inside a handled statement's subtree, where nothing is touched.
+    skipping: usize,
     error: Option<Refusal>,
 }
 
@@ -207,6 +247,19 @@ impl Walker<'_, '_> {
         };
         match self.index.range(span_expr.span()) {
             Some(range) => {
+                let text = if target.outputs.contains(&range) {
+                    let name = match span_expr {
+                        Expr::CompoundIdentifier(parts) => parts.last(),
+                        Expr::Identifier(ident) => Some(ident),
+                        _ => None,
+                    };
+                    match name.and_then(|i| self.source(i)) {
+                        Some(name) => format!("{text} AS {name}"),
+                        None => text,
+                    }
+                } else {
+                    text
+                };
                 self.edits.replace(range, text);
                 ControlFlow::Continue(())
             }
@@ -242,6 +295,10 @@ impl Visitor for Walker<'_, '_> {
 
     fn pre_visit_statement(&mut self, statement: &Statement) -> ControlFlow<()> {
         self.statements += 1;
+        if self.skipping > 0 || self.handled.iter().any(|h| std::ptr::eq(*h, statement)) {
+            self.skipping += 1;
+            return ControlFlow::Continue(());
+        }
         if self.statements > 1
             && matches!(
                 statement,
@@ -252,14 +309,23 @@ impl Visitor for Walker<'_, '_> {
         {
             return self.refuse(
                 plan,
-                "data-modifying statements inside WITH are not supported on a table under migration yet"
+                "this data-modifying statement is nested where pgshift cannot rewrite it; \
+                 use it directly in WITH"
                     .into(),
             );
         }
         ControlFlow::Continue(())
     }
 
+    fn post_visit_statement(&mut self, _statement: &Statement) -> ControlFlow<()> {
+        self.skipping = self.skipping.saturating_sub(1);
+        ControlFlow::Continue(())
+    }
+
     fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+        if self.skipping > 0 {
+            return ControlFlow::Continue(());
+        }
         let TableFactor::Table {
             name, alias, args, ..
         } = factor
@@ -287,6 +353,9 @@ impl Visitor for Walker<'_, '_> {
     }
 
     fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+        if self.skipping > 0 {
+            return ControlFlow::Continue(());
+        }
         let Some(target) = self.target else {
             return ControlFlow::Continue(());
         };
@@ -326,5 +395,5 @@ pub fn target_refs<V: Visit>(
     edits: &mut Edits,
 ) -> Result<(), Refusal> {
     // No table resolution: only the target's column references are touched.
-    walk(None, item, Some(target), index, edits)
+    walk(None, item, Some(target), index, edits, &[])
 }

@@ -9,6 +9,8 @@ fn users(rename: Phase, retype: Phase) -> Rewriter {
 }
 
 const EXPAND_DERIVED: &str = "(SELECT id, user_name, age, (user_name)::text AS display_name, (CASE WHEN age ~ '^[0-9]+$' THEN age::integer END)::integer AS age_int FROM public.users)";
+const RENAME_DERIVED: &str =
+    "(SELECT id, user_name, age, (user_name)::text AS display_name, age_int FROM public.users)";
 const SWITCH_DERIVED: &str = "(SELECT id, (display_name)::text AS user_name, (age_int::text)::text AS age, display_name, age_int FROM public.users)";
 
 fn rewritten(rw: &Rewriter, sql: &str) -> String {
@@ -264,6 +266,24 @@ fn statements_before_a_refused_one_are_kept_rewritten() {
 }
 
 #[test]
+fn data_modifying_ctes_are_rewritten_as_writes() {
+    let rw = users(Phase::Expand, Phase::Planned);
+    assert_eq!(
+        rewritten(
+            &rw,
+            "WITH w AS (UPDATE users SET user_name = 'a' WHERE display_name = 'b' RETURNING id), \
+             n AS (INSERT INTO users (id, user_name) VALUES (9, 'c') RETURNING id) \
+             SELECT w.id, u.display_name FROM w JOIN users u USING (id)"
+        ),
+        format!(
+            "WITH w AS (UPDATE users SET display_name = (('a')::text), user_name = 'a' WHERE (users.user_name)::text = 'b' RETURNING id), \
+             n AS (INSERT INTO users (id, user_name, display_name) VALUES (9, 'c', (('c')::text)) RETURNING id) \
+             SELECT w.id, u.display_name FROM w JOIN {RENAME_DERIVED} u USING (id)"
+        )
+    );
+}
+
+#[test]
 fn contract_writes_only_the_new_side() {
     let rw = users(Phase::Contract, Phase::Planned);
     assert_eq!(
@@ -291,7 +311,7 @@ fn updates_set_the_counterpart_and_read_the_authoritative_side() {
             &rw,
             "UPDATE users u SET display_name = $1 WHERE u.id = $2 RETURNING u.display_name"
         ),
-        "UPDATE users u SET user_name = (($1)::text), display_name = $1 WHERE u.id = $2 RETURNING (u.user_name)::text"
+        "UPDATE users u SET user_name = (($1)::text), display_name = $1 WHERE u.id = $2 RETURNING (u.user_name)::text AS display_name"
     );
     let rw = users(Phase::Switch, Phase::Planned);
     assert_eq!(
@@ -308,7 +328,7 @@ fn unsafe_statements_are_refused_naming_the_migration() {
         "COPY users FROM STDIN",
         "SELEC * FROM users",
         "UPDATE users SET user_name = 'a' FROM orders WHERE display_name = orders.x",
-        "WITH w AS (UPDATE users SET user_name = 'a' RETURNING id) SELECT * FROM w",
+        "SELECT * FROM (SELECT 1) x WHERE EXISTS (WITH w AS (DELETE FROM users RETURNING id) SELECT 1)",
         "INSERT INTO users (id, user_name) SELECT $1, name FROM people",
         "INSERT INTO users SELECT * FROM people",
     ] {

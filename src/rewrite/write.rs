@@ -143,7 +143,10 @@ pub fn delete(
     };
     let others = delete.using.is_some() || !table.joins.is_empty();
     match dml_target(rw, &table.relation, index, others)? {
-        Some((_, target)) => scope::rewrite_reads(rw, statement, Some(&target), index, edits),
+        Some((_, target)) => {
+            let target = target.with_outputs(delete.returning.as_deref(), index);
+            scope::rewrite_reads(rw, statement, Some(&target), index, edits)
+        }
         None => scope::rewrite_reads(rw, statement, None, index, edits),
     }
 }
@@ -194,6 +197,7 @@ pub(super) fn dml_target(
         name_start,
         has_other_tables,
         matches_unqualified: true,
+        outputs: Vec::new(),
     };
     Ok(Some((plan, target)))
 }

@@ -143,6 +143,7 @@ fn conflict_update(
         name_start: usize::MAX,
         has_other_tables: false,
         matches_unqualified: true,
+        outputs: Vec::new(),
     };
     let excluded = Target {
         plan: plan.clone(),
@@ -151,6 +152,7 @@ fn conflict_update(
         name_start: usize::MAX,
         has_other_tables: false,
         matches_unqualified: false,
+        outputs: Vec::new(),
     };
     for target in [&existing, &excluded] {
         for a in &update.assignments {
@@ -495,7 +497,9 @@ fn returning_refs(
         name_start: usize::MAX,
         has_other_tables: false,
         matches_unqualified: true,
-    };
+        outputs: Vec::new(),
+    }
+    .with_outputs(Some(returning), index);
     for item in returning {
         scope::target_refs(item, &target, index, edits)?;
     }

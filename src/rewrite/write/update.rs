@@ -43,6 +43,7 @@ pub fn update(
     else {
         return scope::rewrite_reads(rw, statement, None, index, edits);
     };
+    let target = target.with_outputs(update.returning.as_deref(), index);
     // Reads first: copies of SET values are taken from their rewritten text.
     scope::rewrite_reads(rw, statement, Some(&target), index, edits)?;
     assignment_edits(&plan, &target, &update.assignments, index, edits)
