@@ -141,6 +141,41 @@ async fn rename_through_expand_switch_contract() {
         .get(0);
     assert_eq!(nine, 0);
 
+    // The migration's metrics: phase, epoch, rewritten/refused statements, old names in use.
+    let metrics = proxy.metrics_text().await;
+    for line in [
+        "pgshift_phase{migration=\"users_display_name\"} 1",
+        "pgshift_epoch 2",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line:?} in:\n{metrics}"
+        );
+    }
+    let value = |prefix: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(
+        value("pgshift_statements_total{action=\"rewritten\"} ") >= 3.0,
+        "{metrics}"
+    );
+    assert!(
+        value("pgshift_statements_total{action=\"refused\"} ") >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        value("pgshift_old_name_statements_total{migration=\"users_display_name\"} ") >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("pgshift_rewrite_seconds_bucket"),
+        "{metrics}"
+    );
+
     // switch: reads come from the new side, under the old name too.
     direct
         .batch_execute("UPDATE users SET display_name = user_name WHERE display_name IS NULL")
