@@ -24,7 +24,12 @@ pub mod tag {
     pub const PASSWORD: u8 = b'p';
     pub const BIND: u8 = b'B';
     pub const DESCRIBE: u8 = b'D';
+    pub const EXECUTE: u8 = b'E';
     pub const CLOSE: u8 = b'C';
+    pub const COPY_DONE: u8 = b'c';
+    pub const COPY_FAIL: u8 = b'f';
+    // backend
+    pub const COPY_IN_RESPONSE: u8 = b'G';
     // backend replies pgshift follows
     pub const PARSE_COMPLETE: u8 = b'1';
     pub const CLOSE_COMPLETE: u8 = b'3';
@@ -264,12 +269,21 @@ pub struct ParseMessage<'a> {
     pub param_types: Vec<u32>,
 }
 
-/// Decodes a whole Parse frame; `None` when malformed or not UTF-8 (then it is forwarded as
-/// it is and Postgres answers it).
+/// Decodes a whole Parse frame; `None` when malformed or not UTF-8 (see [`parse_raw`]).
 pub fn parse_message(frame: &[u8]) -> Option<ParseMessage<'_>> {
+    let (name, query, param_types) = parse_raw(frame)?;
+    Some(ParseMessage {
+        name: std::str::from_utf8(name).ok()?,
+        query: std::str::from_utf8(query).ok()?,
+        param_types,
+    })
+}
+
+/// A Parse frame's statement name, query bytes and parameter types, whatever the encoding.
+pub fn parse_raw(frame: &[u8]) -> Option<(&[u8], &[u8], Vec<u32>)> {
     let mut body = frame.get(5..)?;
-    let name = take_str(&mut body)?;
-    let query = take_str(&mut body)?;
+    let name = take_bytes(&mut body)?;
+    let query = take_bytes(&mut body)?;
     if body.len() < 2 {
         return None;
     }
@@ -279,11 +293,28 @@ pub fn parse_message(frame: &[u8]) -> Option<ParseMessage<'_>> {
         .chunks_exact(4)
         .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
-    Some(ParseMessage {
-        name,
-        query,
-        param_types,
-    })
+    Some((name, query, param_types))
+}
+
+fn take_bytes<'a>(body: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let end = body.iter().position(|&b| b == 0)?;
+    let s = &body[..end];
+    *body = &body[end + 1..];
+    Some(s)
+}
+
+/// Appends a Parse frame whose name is given as bytes.
+pub fn put_parse_bytes(buf: &mut BytesMut, name: &[u8], query: &str, param_types: &[u32]) {
+    buf.put_u8(tag::PARSE);
+    let len = 4 + name.len() + 1 + query.len() + 1 + 2 + 4 * param_types.len();
+    buf.put_u32(len as u32);
+    buf.put_slice(name);
+    buf.put_u8(0);
+    put_cstr(buf, query);
+    buf.put_u16(param_types.len() as u16);
+    for t in param_types {
+        buf.put_u32(*t);
+    }
 }
 
 /// The query text of a whole Query frame.
@@ -315,15 +346,7 @@ fn take_str<'a>(body: &mut &'a [u8]) -> Option<&'a str> {
 
 /// Appends a Parse frame.
 pub fn put_parse(buf: &mut BytesMut, name: &str, query: &str, param_types: &[u32]) {
-    buf.put_u8(tag::PARSE);
-    let len = 4 + name.len() + 1 + query.len() + 1 + 2 + 4 * param_types.len();
-    buf.put_u32(len as u32);
-    put_cstr(buf, name);
-    put_cstr(buf, query);
-    buf.put_u16(param_types.len() as u16);
-    for t in param_types {
-        buf.put_u32(*t);
-    }
+    put_parse_bytes(buf, name.as_bytes(), query, param_types);
 }
 
 /// Appends a Query frame.

@@ -20,6 +20,10 @@ use crate::rewrite::{Outcome, Prefilter, Rewrite, Rewriter};
 use crate::snapshot::Snapshot;
 use crate::wire::{self, Severity};
 
+/// Why a statement in another client_encoding is refused.
+const ENCODING_REFUSAL: &str = "pgshift: statement refused: its text is not UTF-8, so pgshift cannot \
+     rewrite it for the migrations in progress; connect with client_encoding=UTF8";
+
 /// A prepared statement as the client defined it and as it is prepared upstream.
 #[derive(Debug)]
 struct Prepared {
@@ -74,8 +78,17 @@ pub struct Interceptor {
     /// Sync groups (Sync, Query, FunctionCall) forwarded so far.
     group: u64,
     tickets: u64,
-    /// The transaction is failed (`E`): a re-prepare now would only fail.
-    aborted: bool,
+    /// Client Parse and Close messages awaiting the server's answer, by ticket: what the
+    /// statement map becomes if they succeed (a rejected Parse must not replace a statement,
+    /// a discarded Close must not forget one).
+    pending: HashMap<u64, Pending>,
+}
+
+/// A change to the statement map that waits for the server.
+#[derive(Debug)]
+enum Pending {
+    Define(String, Prepared),
+    Forget(String),
 }
 
 impl Interceptor {
@@ -89,7 +102,7 @@ impl Interceptor {
             refusals: 0,
             group: 0,
             tickets: 0,
-            aborted: false,
+            pending: HashMap::new(),
         }
     }
 
@@ -111,14 +124,21 @@ impl Interceptor {
         self.group += 1;
     }
 
-    /// The transaction status seen before this read buffer (`E`: failed transaction).
-    pub fn set_status(&mut self, status: u8) {
-        self.aborted = status == b'E';
-    }
-
     /// The server answered re-prepare `ticket`: `ok` when its ParseComplete came, false when
     /// it failed or was discarded after an earlier error.
     pub fn settle(&mut self, ticket: u64, ok: bool) {
+        if let Some(pending) = self.pending.remove(&ticket) {
+            match pending {
+                Pending::Define(name, prepared) if ok => {
+                    self.statements.insert(name, prepared);
+                }
+                Pending::Forget(name) if ok => {
+                    self.statements.remove(&name);
+                }
+                Pending::Define(..) | Pending::Forget(_) => {}
+            }
+            return;
+        }
         let Some(stmt) = self
             .statements
             .values_mut()
@@ -134,6 +154,16 @@ impl Interceptor {
             // Its Close may have run: the upstream statement is gone or stale.
             stmt.sent = Arc::from("");
         }
+    }
+
+    fn ticket(&mut self) -> u64 {
+        self.tickets += 1;
+        self.tickets
+    }
+
+    /// True when `bytes` may name a table of a configured migration.
+    fn watched(&self, bytes: &[u8]) -> bool {
+        self.watched.as_ref().is_some_and(|w| w.may_touch(bytes))
     }
 
     /// Query frames must be read whole only while something is migrating.
@@ -161,9 +191,11 @@ impl Interceptor {
 
     fn refusal(&mut self, message: &str) -> (String, PendingRefusal) {
         self.refusals += 1;
-        let marker = format!("pgshift_refused_{}", self.refusals);
+        let name = format!("pgshift_refused_{}", self.refusals);
         let frame = wire::error_frame(Severity::Error, "0A000", message);
-        let failing = format!("SELECT * FROM \"{marker}\"");
+        let failing = format!("SELECT * FROM \"{name}\"");
+        // With its quotes, so `pgshift_refused_1` never matches `pgshift_refused_10`.
+        let marker = format!("\"{name}\"");
         (failing, PendingRefusal { marker, frame })
     }
 
@@ -175,7 +207,7 @@ impl Interceptor {
         refusals: &mut Vec<PendingRefusal>,
     ) -> Decision {
         let Some(query) = wire::query_text(frame) else {
-            return Decision::Forward;
+            return self.refuse_undecodable_query(frame, metrics, refusals);
         };
         let mut out = BytesMut::new();
         match &self.outcome(query, &[], metrics).outcome {
@@ -198,15 +230,48 @@ impl Interceptor {
         Decision::Replace(out)
     }
 
-    /// A whole Parse frame.
-    pub fn on_parse(
+    /// A Query whose text is not UTF-8 (another client_encoding) cannot be parsed; when it
+    /// may touch a migrated table it is refused rather than forwarded unrewritten.
+    fn refuse_undecodable_query(
         &mut self,
         frame: &[u8],
         metrics: &Metrics,
         refusals: &mut Vec<PendingRefusal>,
     ) -> Decision {
-        let Some(parse) = wire::parse_message(frame) else {
+        if !self.rewriting() || !self.watched(frame) {
             return Decision::Forward;
+        }
+        metrics.statements_refused.increment(1);
+        let (failing, refusal) = self.refusal(ENCODING_REFUSAL);
+        refusals.push(refusal);
+        let mut out = BytesMut::new();
+        wire::put_query(&mut out, &failing);
+        Decision::Replace(out)
+    }
+
+    /// A whole Parse frame, and the request recording it (settled when the server answers).
+    pub fn on_parse(
+        &mut self,
+        frame: &[u8],
+        metrics: &Metrics,
+        refusals: &mut Vec<PendingRefusal>,
+    ) -> (Decision, Request) {
+        let ticket = self.ticket();
+        let request = Request::Parse { ticket };
+        let Some(parse) = wire::parse_message(frame) else {
+            // Not UTF-8: it cannot be rewritten now nor re-prepared later, so a statement that
+            // may touch a configured migration's table is refused.
+            return match wire::parse_raw(frame) {
+                Some((name, _, types)) if self.watched(frame) => {
+                    metrics.statements_refused.increment(1);
+                    let (failing, refusal) = self.refusal(ENCODING_REFUSAL);
+                    refusals.push(refusal);
+                    let mut out = BytesMut::new();
+                    wire::put_parse_bytes(&mut out, name, &failing, &types);
+                    (Decision::Replace(out), request)
+                }
+                _ => (Decision::Forward, request),
+            };
         };
         let outcome = self.outcome(parse.query, &parse.param_types, metrics);
         let (decision, sent): (Decision, Arc<str>) = match &outcome.outcome {
@@ -231,27 +296,23 @@ impl Interceptor {
         };
         // Remember every named statement, and the unnamed one when it names a table of any
         // configured migration (it is re-parsed per use, so this keeps the hot path free of
-        // copies), so a later phase change can re-prepare it.
-        let watched = |q: &str| {
-            self.watched
-                .as_ref()
-                .is_some_and(|w| w.may_touch(q.as_bytes()))
-        };
-        if !parse.name.is_empty() || watched(parse.query) {
-            self.statements.insert(
-                parse.name.to_owned(),
-                Prepared {
-                    query: parse.query.to_owned(),
-                    param_types: parse.param_types.clone(),
-                    epoch: self.epoch,
-                    sent,
-                    reparse: None,
-                },
-            );
-        } else {
+        // copies), so a later phase change can re-prepare it. Postgres drops the old unnamed
+        // statement whatever becomes of the new one.
+        if parse.name.is_empty() {
             self.statements.remove("");
         }
-        decision
+        if !parse.name.is_empty() || self.watched(parse.query.as_bytes()) {
+            let prepared = Prepared {
+                query: parse.query.to_owned(),
+                param_types: parse.param_types.clone(),
+                epoch: self.epoch,
+                sent,
+                reparse: None,
+            };
+            self.pending
+                .insert(ticket, Pending::Define(parse.name.to_owned(), prepared));
+        }
+        (decision, request)
     }
 
     /// Before a Bind or Describe of statement `name`: if the statement was prepared under
@@ -274,9 +335,8 @@ impl Interceptor {
         if stmt.epoch == epoch && stmt.reparse.is_none() {
             return;
         }
-        if stmt.reparse.as_ref().is_some_and(|r| r.group == group) || self.aborted {
-            // Already re-preparing in this group; or the transaction is failed and the Bind
-            // will be refused by the server anyway (a Parse now would fail too).
+        if stmt.reparse.as_ref().is_some_and(|r| r.group == group) {
+            // Already re-preparing in this group: this Bind follows it and shares its fate.
             return;
         }
         let outcome = match &self.rewriter {
@@ -292,8 +352,7 @@ impl Interceptor {
                 failing
             }
         };
-        self.tickets += 1;
-        let ticket = self.tickets;
+        let ticket = self.ticket();
         let stmt = self.statements.get_mut(name).expect("looked up above");
         if *stmt.sent == *text && stmt.reparse.is_none() {
             stmt.epoch = epoch;
@@ -301,7 +360,10 @@ impl Interceptor {
         }
         wire::put_close_statement(out, name);
         wire::put_parse(out, name, &text, &stmt.param_types);
-        requests.push(Request::Close { hidden: true });
+        requests.push(Request::Close {
+            hidden: true,
+            ticket: 0,
+        });
         requests.push(Request::Reparse { ticket });
         stmt.reparse = Some(Reparse {
             ticket,
@@ -311,8 +373,17 @@ impl Interceptor {
         });
     }
 
-    /// The client closed statement `name`.
-    pub fn on_close_statement(&mut self, name: &str) {
-        self.statements.remove(name);
+    /// A client's Close frame, and the request recording it: a statement is forgotten only
+    /// once the server closed it.
+    pub fn on_close(&mut self, frame: &[u8]) -> Request {
+        let ticket = self.ticket();
+        if let Some((b'S', name)) = wire::describe_target(frame) {
+            self.pending
+                .insert(ticket, Pending::Forget(name.to_owned()));
+        }
+        Request::Close {
+            hidden: false,
+            ticket,
+        }
     }
 }

@@ -205,7 +205,6 @@ async fn client_to_server(
             for (ticket, ok) in replies.take_settled() {
                 intercept.settle(ticket, ok);
             }
-            intercept.set_status(replies.status());
             // A transaction starting now runs under the current snapshot until it ends.
             if replies.is_idle() {
                 drop(replies);

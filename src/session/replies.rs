@@ -1,30 +1,51 @@
 //! The requests whose replies the server pump must recognise, in the order the client pump
-//! forwarded them: Parse and Close (their ParseComplete/CloseComplete may be pgshift's own,
-//! to hide) and the messages that end in ReadyForQuery (Sync, Query, FunctionCall).
+//! forwarded them: Parse and Close (their outcome decides what the session remembers, and
+//! pgshift's own are hidden), the other extended-protocol messages (an unsynced batch keeps
+//! the session in a transaction), COPY ends, and the messages that end in ReadyForQuery
+//! (Sync, Query, FunctionCall).
 //!
 //! After an error in the extended protocol Postgres discards messages until Sync, so their
-//! replies never come; the record drops them the same way. It also holds the transaction
-//! status and the session's closing flag, so both pumps decide under one lock, taken once per
-//! read buffer.
+//! replies never come; the record drops them the same way. During COPY IN Postgres ignores
+//! Sync. The record also holds the transaction status and the session's closing flag, so both
+//! pumps decide under one lock, taken once per read buffer.
 
 use std::collections::VecDeque;
 
 use bytes::BytesMut;
 
-/// One forwarded request whose reply matters.
+/// One forwarded request whose reply matters. Tickets report outcomes back to the client
+/// pump ([`Replies::take_settled`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request {
     /// A client's Parse.
-    Parse,
-    /// A Parse pgshift injected to re-prepare a statement (its ParseComplete is hidden); its
-    /// outcome is reported back under `ticket`.
+    Parse { ticket: u64 },
+    /// A Parse pgshift injected to re-prepare a statement; its ParseComplete is hidden.
     Reparse { ticket: u64 },
-    /// A Close; `hidden` likewise.
-    Close { hidden: bool },
-    /// Sync: ends an extended-protocol sequence with ReadyForQuery.
+    /// A Close; `hidden` when pgshift injected it.
+    Close { hidden: bool, ticket: u64 },
+    /// Bind, Execute or Describe: answered before the Sync that ends their batch.
+    Extended,
+    /// CopyDone or CopyFail: the end of a COPY IN's data.
+    CopyEnd,
+    /// Sync: ends an extended-protocol batch with ReadyForQuery.
     Sync,
     /// Query or FunctionCall: answered and ended with ReadyForQuery on its own.
     Query,
+}
+
+impl Request {
+    fn ends_batch(self) -> bool {
+        matches!(self, Request::Sync | Request::Query)
+    }
+
+    fn ticket(self) -> Option<u64> {
+        match self {
+            Request::Parse { ticket }
+            | Request::Reparse { ticket }
+            | Request::Close { ticket, .. } => Some(ticket),
+            _ => None,
+        }
+    }
 }
 
 /// What the server pump does with a reply.
@@ -47,7 +68,7 @@ pub struct Replies {
     /// ErrorResponses to substitute, by the marker their text contains (see
     /// [`crate::session`]'s refusal mechanism).
     refusals: Vec<(String, BytesMut)>,
-    /// Outcomes of re-prepares: (ticket, succeeded).
+    /// Outcomes of ticketed requests: (ticket, succeeded).
     settled: Vec<(u64, bool)>,
 }
 
@@ -71,7 +92,7 @@ impl Replies {
             return false;
         }
         for r in requests {
-            if matches!(r, Request::Sync | Request::Query) {
+            if r.ends_batch() {
                 self.owed += 1;
             }
             self.requests.push_back(*r);
@@ -101,75 +122,92 @@ impl Replies {
         !self.refusals.is_empty()
     }
 
-    /// ParseComplete or CloseComplete arrived.
+    /// Removes request `i`; `ok` settles its ticket.
+    fn answer(&mut self, i: usize, ok: bool) -> Option<Request> {
+        let r = self.requests.remove(i)?;
+        if r.ends_batch() {
+            self.owed = self.owed.saturating_sub(1);
+        }
+        if let Some(ticket) = r.ticket() {
+            self.settled.push((ticket, ok));
+        }
+        Some(r)
+    }
+
+    /// ParseComplete or CloseComplete arrived: it answers the first Parse (or Close) of the
+    /// current batch.
     pub fn on_complete(&mut self, parse: bool) -> Verdict {
         let position = self.requests.iter().position(|r| match r {
-            Request::Parse | Request::Reparse { .. } => parse,
+            Request::Parse { .. } | Request::Reparse { .. } => parse,
             Request::Close { .. } => !parse,
-            Request::Sync | Request::Query => true,
+            r => r.ends_batch(),
         });
-        let Some(i) = position else {
+        let Some(i) = position.filter(|&i| !self.requests[i].ends_batch()) else {
             return Verdict::Forward;
         };
-        match self.requests[i] {
-            Request::Parse => {
-                self.requests.remove(i);
-                Verdict::Forward
-            }
-            Request::Reparse { ticket } => {
-                self.requests.remove(i);
-                self.settled.push((ticket, true));
-                Verdict::Hide
-            }
-            Request::Close { hidden } => {
-                self.requests.remove(i);
-                if hidden {
-                    Verdict::Hide
-                } else {
-                    Verdict::Forward
-                }
-            }
-            Request::Sync | Request::Query => Verdict::Forward,
+        match self.answer(i, true) {
+            Some(Request::Reparse { .. } | Request::Close { hidden: true, .. }) => Verdict::Hide,
+            _ => Verdict::Forward,
         }
     }
 
-    /// An ErrorResponse arrived: the requests up to the next Sync are discarded by the server.
+    /// An ErrorResponse arrived. An error of a simple Query ends only that Query (its
+    /// ReadyForQuery follows); an extended-protocol error makes Postgres discard everything up
+    /// to the next Sync, Queries included.
     pub fn on_error(&mut self) {
-        while let Some(r) = self.requests.front().copied() {
-            if matches!(r, Request::Sync | Request::Query) {
+        if matches!(self.requests.front(), Some(Request::Query) | None) {
+            return;
+        }
+        while let Some(&r) = self.requests.front() {
+            if r == Request::Sync {
                 break;
             }
-            self.drop_front();
+            self.answer(0, false);
         }
     }
 
-    /// Removes the first request unanswered; a re-prepare among them failed.
-    fn drop_front(&mut self) {
-        if let Some(Request::Reparse { ticket }) = self.requests.pop_front() {
-            self.settled.push((ticket, false));
+    /// CopyInResponse arrived: Syncs sent before the COPY's data ends are ignored by Postgres.
+    pub fn on_copy_in(&mut self) {
+        let end = self
+            .requests
+            .iter()
+            .position(|r| *r == Request::CopyEnd)
+            .unwrap_or(self.requests.len());
+        let mut i = 0;
+        let mut limit = end;
+        while i < limit {
+            if self.requests[i] == Request::Sync {
+                self.answer(i, true);
+                limit -= 1;
+            } else {
+                i += 1;
+            }
         }
     }
 
-    /// Re-prepare outcomes since the last call: (ticket, succeeded).
+    /// Outcomes of ticketed requests since the last call: (ticket, succeeded).
     pub fn take_settled(&mut self) -> Vec<(u64, bool)> {
         std::mem::take(&mut self.settled)
     }
 
-    /// The transaction status of the last ReadyForQuery.
-    pub fn status(&self) -> u8 {
-        self.status
-    }
-
     /// ReadyForQuery arrived. Returns true when the session is now idle.
     pub fn on_ready(&mut self, status: u8) -> bool {
-        while let Some(r) = self.requests.front().copied() {
-            if matches!(r, Request::Sync | Request::Query) {
-                self.requests.pop_front();
+        while let Some(&r) = self.requests.front() {
+            self.answer(
+                0,
+                !matches!(
+                    r,
+                    Request::Parse { .. } | Request::Reparse { .. } | Request::Close { .. }
+                ),
+            );
+            if r.ends_batch() {
                 break;
             }
-            self.drop_front();
         }
-        self.owed = self.owed.saturating_sub(1);
+        // A COPY's end is answered by the ReadyForQuery of the Query that started it.
+        while self.requests.front() == Some(&Request::CopyEnd) {
+            self.requests.pop_front();
+        }
         self.status = status;
         if self.is_idle() {
             // Refusals the server never answered (discarded after an earlier error) are void.
@@ -180,9 +218,9 @@ impl Replies {
         }
     }
 
-    /// No reply owed and no transaction open.
+    /// Nothing owed, nothing unsynced and no transaction open.
     pub fn is_idle(&self) -> bool {
-        self.owed == 0 && self.status == b'I'
+        self.owed == 0 && self.status == b'I' && self.requests.is_empty()
     }
 
     /// Marks the session closing if it is idle; true when it is (now) closing.
@@ -207,12 +245,21 @@ mod tests {
     fn hidden_replies_are_matched_in_order() {
         let mut r = Replies::default();
         // Client Parse(a); pgshift injects Close+Parse before a Bind; Sync.
-        r.push(&[Parse, Close { hidden: true }, Reparse { ticket: 7 }, Sync]);
+        r.push(&[
+            Parse { ticket: 1 },
+            Close {
+                hidden: true,
+                ticket: 0,
+            },
+            Reparse { ticket: 7 },
+            Extended,
+            Sync,
+        ]);
         assert!(!r.is_idle());
         assert_eq!(r.on_complete(true), Verdict::Forward);
         assert_eq!(r.on_complete(false), Verdict::Hide);
         assert_eq!(r.on_complete(true), Verdict::Hide);
-        assert_eq!(r.take_settled(), [(7, true)]);
+        assert_eq!(r.take_settled(), [(1, true), (0, true), (7, true)]);
         assert!(r.on_ready(b'I'));
         assert_eq!(
             r.on_complete(true),
@@ -222,11 +269,12 @@ mod tests {
     }
 
     #[test]
-    fn an_error_discards_requests_until_sync() {
+    fn an_extended_error_discards_requests_until_sync_queries_included() {
         let mut r = Replies::default();
         r.push(&[
-            Parse,
+            Extended,
             Reparse { ticket: 1 },
+            Query,
             Sync,
             Reparse { ticket: 2 },
             Sync,
@@ -238,9 +286,47 @@ mod tests {
             "a discarded re-prepare failed"
         );
         assert!(!r.on_ready(b'I'));
-        // The second sequence is intact.
+        // The second batch is intact.
         assert_eq!(r.on_complete(true), Verdict::Hide);
         assert_eq!(r.take_settled(), [(2, true)]);
+        assert!(r.on_ready(b'I'));
+    }
+
+    #[test]
+    fn a_simple_query_error_discards_nothing() {
+        let mut r = Replies::default();
+        r.push(&[Query, Parse { ticket: 3 }, Sync]);
+        r.on_error();
+        assert!(!r.on_ready(b'I'));
+        assert_eq!(r.on_complete(true), Verdict::Forward);
+        assert_eq!(r.take_settled(), [(3, true)]);
+        assert!(r.on_ready(b'I'));
+    }
+
+    #[test]
+    fn an_unsynced_batch_is_not_idle() {
+        let mut r = Replies::default();
+        r.push(&[Parse { ticket: 1 }, Extended, Extended]);
+        assert_eq!(r.on_complete(true), Verdict::Forward);
+        assert!(!r.is_idle(), "Bind/Execute sent, no Sync yet");
+        r.push(&[Sync]);
+        assert!(r.on_ready(b'I'));
+    }
+
+    #[test]
+    fn syncs_during_copy_in_are_ignored() {
+        let mut r = Replies::default();
+        // tokio-postgres: Bind/Execute/Sync, then data, CopyDone, Sync.
+        r.push(&[Extended, Extended, Sync]);
+        r.on_copy_in();
+        assert!(!r.is_idle());
+        r.push(&[CopyEnd, Sync]);
+        assert!(r.on_ready(b'I'), "one ReadyForQuery ends it all");
+
+        // Simple COPY: Query, data, CopyDone.
+        r.push(&[Query]);
+        r.on_copy_in();
+        r.push(&[CopyEnd]);
         assert!(r.on_ready(b'I'));
     }
 
@@ -261,14 +347,18 @@ mod tests {
     #[test]
     fn refusals_are_substituted_by_marker_and_void_when_idle() {
         let mut r = Replies::default();
-        r.add_refusal("pgshift_refused_1".into(), BytesMut::from(&b"mine"[..]));
+        r.add_refusal("\"pgshift_refused_1\"".into(), BytesMut::from(&b"mine"[..]));
         assert!(r.take_refusal(b"relation \"x\" does not exist").is_none());
+        assert!(
+            r.take_refusal(b"relation \"pgshift_refused_10\" does not exist")
+                .is_none()
+        );
         assert_eq!(
             r.take_refusal(b"relation \"pgshift_refused_1\" does not exist")
                 .as_deref(),
             Some(&b"mine"[..])
         );
-        r.add_refusal("pgshift_refused_2".into(), BytesMut::new());
+        r.add_refusal("\"pgshift_refused_2\"".into(), BytesMut::new());
         r.push(&[Query]);
         r.on_ready(b'I');
         assert!(!r.has_refusals());

@@ -102,10 +102,9 @@ pub fn scan(
                 if !whole {
                     break;
                 }
-                scan.requests.push(Request::Parse);
-                if let Decision::Replace(bytes) =
-                    intercept.on_parse(frame, metrics, &mut scan.refusals)
-                {
+                let (decision, request) = intercept.on_parse(frame, metrics, &mut scan.refusals);
+                scan.requests.push(request);
+                if let Decision::Replace(bytes) = decision {
                     out.splice(pos, len, &bytes);
                 }
             }
@@ -133,15 +132,15 @@ pub fn scan(
                         out.splice(pos, 0, &inject);
                     }
                 }
+                scan.requests.push(Request::Extended);
             }
+            tag::EXECUTE => scan.requests.push(Request::Extended),
+            tag::COPY_DONE | tag::COPY_FAIL => scan.requests.push(Request::CopyEnd),
             tag::CLOSE => {
                 if !whole {
                     break;
                 }
-                if let Some((b'S', name)) = wire::describe_target(frame) {
-                    intercept.on_close_statement(name);
-                }
-                scan.requests.push(Request::Close { hidden: false });
+                scan.requests.push(intercept.on_close(frame));
             }
             tag::SYNC => {
                 scan.requests.push(Request::Sync);
@@ -199,8 +198,12 @@ mod tests {
             scan.requests,
             [
                 Request::Query,
-                Request::Parse,
-                Request::Close { hidden: false },
+                Request::Parse { ticket: 1 },
+                Request::Extended,
+                Request::Close {
+                    hidden: false,
+                    ticket: 2
+                },
                 Request::Sync
             ]
         );

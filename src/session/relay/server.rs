@@ -72,6 +72,7 @@ pub fn scan(buf: &[u8], cursor: &mut FrameCursor, replies: &mut Replies) -> Serv
             {
                 replacement = Some(&[]);
             }
+            tag::COPY_IN_RESPONSE => replies.on_copy_in(),
             tag::ERROR_RESPONSE => {
                 substitute = replies.take_refusal(frame);
                 if let Some(s) = &substitute {
@@ -138,12 +139,15 @@ mod tests {
     fn hidden_replies_are_cut_and_refusals_substituted() {
         let mut replies = Replies::default();
         replies.push(&[
-            Request::Close { hidden: true },
+            Request::Close {
+                hidden: true,
+                ticket: 0,
+            },
             Request::Reparse { ticket: 1 },
             Request::Sync,
             Request::Query,
         ]);
-        replies.add_refusal("pgshift_refused_1".into(), BytesMut::from(&b"MINE"[..]));
+        replies.add_refusal("\"pgshift_refused_1\"".into(), BytesMut::from(&b"MINE"[..]));
         let mut buf = frame(b'3', b"");
         buf.extend(frame(b'1', b""));
         buf.extend(frame(b'2', b""));
