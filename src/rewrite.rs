@@ -236,7 +236,27 @@ impl Rewriter {
             Statement::Query(query) => {
                 // Data-modifying CTEs are writes of their own (`WITH w AS (UPDATE …) …`).
                 let mut handled: Vec<*const Statement> = Vec::new();
-                for cte in query.with.iter().flat_map(|w| &w.cte_tables) {
+                let ctes: Vec<&sqlparser::ast::Cte> =
+                    query.with.iter().flat_map(|w| &w.cte_tables).collect();
+                let writes = ctes.iter().any(|c| {
+                    matches!(
+                        c.query.body.as_ref(),
+                        SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_)
+                    )
+                });
+                if writes
+                    && let Some(shadowed) = ctes
+                        .iter()
+                        .find_map(|c| self.resolve(std::slice::from_ref(&c.alias.name)))
+                {
+                    // The write would be rewritten without knowing that its sibling CTE hides
+                    // the table of the same name.
+                    return Err(shadowed.refuse(format!(
+                        "a CTE named {} beside a data-modifying CTE; rename the CTE",
+                        shadowed.name().name
+                    )));
+                }
+                for cte in ctes {
                     if let SetExpr::Insert(s) | SetExpr::Update(s) | SetExpr::Delete(s) =
                         cte.query.body.as_ref()
                     {

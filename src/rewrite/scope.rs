@@ -176,8 +176,8 @@ struct Walker<'a, 'e> {
     index: &'a LineIndex<'a>,
     edits: &'e mut Edits,
     target: Option<&'a Target>,
-    /// CTE names visible at each query nesting level.
-    ctes: Vec<Vec<String>>,
+    /// CTE names at each query nesting level, with the offset from which each is visible.
+    ctes: Vec<Vec<(String, usize)>>,
     /// Query nesting depth (0 = the statement's own clauses).
     depth: usize,
     /// Statements entered (1 = the top-level one; more = data-modifying CTEs and the like).
@@ -195,11 +195,15 @@ impl Walker<'_, '_> {
         ControlFlow::Break(())
     }
 
-    fn is_cte(&self, name: &[Ident]) -> bool {
+    /// True when a one-part name at offset `at` refers to a CTE in scope.
+    fn is_cte(&self, name: &[Ident], at: usize) -> bool {
         match name {
             [single] => {
                 let n = normalize_ident(single);
-                self.ctes.iter().any(|scope| scope.contains(&n))
+                self.ctes
+                    .iter()
+                    .flatten()
+                    .any(|(cte, from)| *cte == n && *from <= at)
             }
             _ => false,
         }
@@ -273,13 +277,24 @@ impl Visitor for Walker<'_, '_> {
 
     fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
         self.depth += 1;
+        // A CTE name is visible after its own definition (inside it too when RECURSIVE): an
+        // earlier sibling or its own body still sees the real table of that name.
         let names = query
             .with
             .as_ref()
             .map(|w| {
                 w.cte_tables
                     .iter()
-                    .map(|c| normalize_ident(&c.alias.name))
+                    .map(|c| {
+                        let from = if w.recursive {
+                            0
+                        } else {
+                            self.index
+                                .offset(c.closing_paren_token.0.span.end)
+                                .unwrap_or(usize::MAX)
+                        };
+                        (normalize_ident(&c.alias.name), from)
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -338,8 +353,39 @@ impl Visitor for Walker<'_, '_> {
         let Some(parts) = idents(name) else {
             return ControlFlow::Continue(());
         };
-        if self.is_cte(&parts) {
+        let at = self.index.offset(name.span().start).unwrap_or(0);
+        if self.is_cte(&parts, at) {
             return ControlFlow::Continue(());
+        }
+        // sqlparser reads `ONLY users` as a table named "only" aliased "users".
+        if let ([only], Some(alias)) = (parts.as_slice(), alias)
+            && only.quote_style.is_none()
+            && only.value.eq_ignore_ascii_case("only")
+            && let Some(rw) = self.rw
+            && let Some(plan) = rw.resolve(std::slice::from_ref(&alias.name))
+        {
+            let plan = plan.clone();
+            return self.refuse(
+                &plan,
+                "ONLY on a table under migration is not supported".into(),
+            );
+        }
+        if let Some(target) = self.target
+            && self.depth > 0
+        {
+            let visible = match alias {
+                Some(a) => normalize_ident(&a.name),
+                None => parts.last().map(normalize_ident).unwrap_or_default(),
+            };
+            if visible == target.qualifier {
+                let plan = target.plan.clone();
+                return self.refuse(
+                    &plan,
+                    format!(
+                        "the name {visible} is reused inside a subquery of this statement; alias it differently"
+                    ),
+                );
+            }
         }
         let Some(plan) = self.rw.and_then(|rw| rw.resolve(&parts)).cloned() else {
             return ControlFlow::Continue(());
@@ -380,6 +426,18 @@ impl Visitor for Walker<'_, '_> {
                     return ControlFlow::Continue(());
                 }
                 let column = normalize_ident(&parts[1]);
+                self.replace_column(target, expr, &column)
+            }
+            // schema.table.column naming the target (only valid when it has no alias).
+            Expr::CompoundIdentifier(parts) if parts.len() == 3 => {
+                let name = target.plan.name();
+                if normalize_ident(&parts[0]) != name.schema
+                    || normalize_ident(&parts[1]) != name.name
+                    || target.qualifier != name.name
+                {
+                    return ControlFlow::Continue(());
+                }
+                let column = normalize_ident(&parts[2]);
                 self.replace_column(target, expr, &column)
             }
             _ => ControlFlow::Continue(()),

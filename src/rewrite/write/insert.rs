@@ -476,8 +476,8 @@ fn closing_point(index: &LineIndex<'_>, span: sqlparser::tokenizer::Span) -> Opt
     rest.trim_start().starts_with(')').then_some(end)
 }
 
-/// RETURNING of INSERT in contract: old names are not written any more, so they answer with
-/// `down(new)` computed from the row.
+/// RETURNING of INSERT: non-authoritative names answer with their expression over the row
+/// (the row returned may be an existing one updated by ON CONFLICT, not just written).
 fn returning_refs(
     plan: &Arc<TablePlan>,
     returning: &[sqlparser::ast::SelectItem],
@@ -485,9 +485,6 @@ fn returning_refs(
     index: &LineIndex<'_>,
     edits: &mut Edits,
 ) -> Result<(), Refusal> {
-    if plan.pairs.iter().all(|p| p.dual_writes()) {
-        return Ok(()); // both sides were written by this very statement
-    }
     let parts = idents(name).unwrap_or_default();
     let qualifier = parts.last().map(normalize_ident).unwrap_or_default();
     let target = Target {
