@@ -35,10 +35,12 @@ pub(super) struct Change<'p> {
 }
 
 /// Decides what a write naming `written` columns must also (or instead) write.
+/// `insert`: columns not written take their defaults, so a pair neither side of which is
+/// written still needs its non-authoritative side computed when either side has a default.
 pub(super) fn plan_changes<'p>(
     plan: &'p TablePlan,
     written: &[String],
-    _reserved: impl Fn(&str) -> bool,
+    insert: bool,
 ) -> Result<Vec<Change<'p>>, Refusal> {
     let mut changes = Vec::new();
     for pair in &plan.pairs {
@@ -60,6 +62,21 @@ pub(super) fn plan_changes<'p>(
                     column: pair.old.clone(),
                     added: true,
                     writes_new: false,
+                });
+            } else if insert
+                && !has_old
+                && !has_new
+                && pair.old_type.is_some()
+                && [&pair.old, &pair.new]
+                    .iter()
+                    .any(|c| plan.shape.column(c).is_some_and(|c| c.default.is_some()))
+            {
+                // Both sides default: the non-authoritative one follows the authoritative one's.
+                changes.push(Change {
+                    pair,
+                    column: pair.non_authoritative().to_owned(),
+                    added: true,
+                    writes_new: !pair.reads_new(),
                 });
             }
         } else if has_old {
@@ -95,6 +112,29 @@ pub(super) fn copyable(value: &Expr, text: &str, column_type: &str) -> Result<St
         );
     }
     Ok(format!("({text})::{column_type}"))
+}
+
+/// The value a column not written by an INSERT takes, as text to substitute into a
+/// template: its default when that is a constant, NULL without one.
+pub(super) fn default_value(plan: &TablePlan, column: &str) -> Result<String, String> {
+    let Some(default) = plan.shape.column(column).and_then(|c| c.default.as_deref()) else {
+        return Ok("NULL".into());
+    };
+    let dialect = sqlparser::dialect::PostgreSqlDialect {};
+    let constant = sqlparser::parser::Parser::new(&dialect)
+        .try_with_sql(default)
+        .and_then(|mut p| p.parse_expr())
+        .is_ok_and(|e| {
+            duplicable(&e) && !matches!(e, Expr::Identifier(_) | Expr::CompoundIdentifier(_))
+        });
+    if constant {
+        Ok(format!("({default})"))
+    } else {
+        Err(format!(
+            "column {column} is not written and its default ({default}) is computed; pgshift \
+             cannot evaluate it once on both sides: list the column with its value"
+        ))
+    }
 }
 
 /// True for expressions that give the same value however often they are evaluated.
@@ -145,10 +185,77 @@ pub fn delete(
     match dml_target(rw, &table.relation, index, others)? {
         Some((_, target)) => {
             let target = target.with_outputs(delete.returning.as_deref(), index);
+            returning_wildcards(&target, delete.returning.as_deref(), index, edits)?;
             scope::rewrite_reads(rw, statement, Some(&target), index, edits)
         }
         None => scope::rewrite_reads(rw, statement, None, index, edits),
     }
+}
+
+/// `RETURNING *` (or `t.*`) of a DML target returns physical columns, one of which is not
+/// authoritative: it becomes the explicit column list with that one computed.
+pub(super) fn returning_wildcards(
+    target: &Target,
+    returning: Option<&[sqlparser::ast::SelectItem]>,
+    index: &LineIndex<'_>,
+    edits: &mut Edits,
+) -> Result<(), Refusal> {
+    use sqlparser::ast::{SelectItem, SelectItemQualifiedWildcardKind};
+    let plan = &target.plan;
+    for item in returning.unwrap_or_default() {
+        let range = match item {
+            SelectItem::Wildcard(opts) => {
+                if target.has_other_tables {
+                    return Err(plan.refuse(
+                        "RETURNING * with other tables in the statement; name the columns".into(),
+                    ));
+                }
+                index.range(opts.wildcard_token.0.span)
+            }
+            SelectItem::QualifiedWildcard(
+                SelectItemQualifiedWildcardKind::ObjectName(name),
+                opts,
+            ) => {
+                let parts = idents(name).unwrap_or_default();
+                let refers = match parts.as_slice() {
+                    [q] => normalize_ident(q) == target.qualifier,
+                    [schema, table] => {
+                        normalize_ident(schema) == plan.name().schema
+                            && normalize_ident(table) == plan.name().name
+                            && target.qualifier == plan.name().name
+                    }
+                    _ => false,
+                };
+                if !refers {
+                    continue;
+                }
+                match (
+                    index.range(name.span()),
+                    index.range(opts.wildcard_token.0.span),
+                ) {
+                    (Some(start), Some(end)) => Some(start.start..end.end),
+                    _ => None,
+                }
+            }
+            _ => continue,
+        };
+        let range = range.ok_or_else(|| plan.refuse("cannot locate RETURNING *".into()))?;
+        let columns: Vec<String> = plan
+            .shape
+            .columns
+            .iter()
+            .map(|c| match plan.non_authoritative(&c.name) {
+                Some(pair) => format!(
+                    "{} AS {}",
+                    pair.computed(|col| format!("{}.{}", target.qualifier_text, quote_ident(col))),
+                    quote_ident(&c.name)
+                ),
+                None => format!("{}.{}", target.qualifier_text, quote_ident(&c.name)),
+            })
+            .collect();
+        edits.replace(range, columns.join(", "));
+    }
+    Ok(())
 }
 
 /// The migrated table an UPDATE/DELETE writes, if it is one.

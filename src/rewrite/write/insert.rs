@@ -66,7 +66,7 @@ pub fn insert(
         }
         cols
     };
-    let changes = plan_changes(&plan, &columns, |_| false)?;
+    let changes = plan_changes(&plan, &columns, true)?;
     match values {
         _ if changes.is_empty() => {}
         Some(values) => {
@@ -253,23 +253,20 @@ fn apply_insert_changes(
             let mut failure = None;
             let text = template.render(|col| match by_column.get(col) {
                 Some((v, _)) if is_default(v) => {
-                    failure = Some(format!("DEFAULT given for column {col}, which feeds {}", change.column));
+                    failure = Some(format!(
+                        "DEFAULT given for column {col}, which feeds {}",
+                        change.column
+                    ));
                     String::new()
                 }
                 Some((v, source)) => copyable(v, source, &plan.type_of(col)).unwrap_or_else(|e| {
                     failure = Some(e);
                     String::new()
                 }),
-                None => match plan.shape.column(col).and_then(|c| c.default.as_ref()) {
-                    None => "NULL".into(),
-                    Some(_) => {
-                        failure = Some(format!(
-                            "column {col} feeds {} but is not written and has a default; list it explicitly",
-                            change.column
-                        ));
-                        String::new()
-                    }
-                },
+                None => super::default_value(plan, col).unwrap_or_else(|e| {
+                    failure = Some(e);
+                    String::new()
+                }),
             });
             match failure {
                 Some(reason) => Err(plan.refuse(reason)),
@@ -366,12 +363,7 @@ fn derived_select(
     let v = |col: &str| -> Result<String, Refusal> {
         match columns.iter().position(|w| w == col) {
             Some(i) => Ok(column_ref(i + 1, col)),
-            None => match plan.shape.column(col).and_then(|c| c.default.as_ref()) {
-                None => Ok("NULL".into()),
-                Some(_) => Err(refuse(&format!(
-                    "column {col} is read by a migration but not written and has a default; list it explicitly"
-                ))),
-            },
+            None => super::default_value(plan, col).map_err(|e| refuse(&e)),
         }
     };
     let render = |template: &crate::rewrite::expr::ColumnExpr| -> Result<String, Refusal> {
@@ -433,6 +425,16 @@ fn insert_select(
             "INSERT … SELECT with parameters into a table under migration is not supported yet",
         ));
     }
+    match source_width(&source.body) {
+        None => {
+            return Err(refuse(
+                "INSERT … SELECT * into a table under migration: name the source columns",
+            ));
+        }
+        // Postgres rejects the statement as it is (42601); the wrapper would hide that.
+        Some(width) if width != columns.len() => return Ok(()),
+        Some(_) => {}
+    }
     let text = index.text();
     let start = index
         .offset(source.span().start)
@@ -454,6 +456,26 @@ fn insert_select(
     let names: Vec<String> = (1..=columns.len()).map(|i| format!("c{i}")).collect();
     edits.insert(end, format!(") AS pgshift_v({})", names.join(", ")));
     Ok(())
+}
+
+/// How many columns a source query produces, when that is known without the catalog.
+fn source_width(body: &SetExpr) -> Option<usize> {
+    use sqlparser::ast::SelectItem;
+    match body {
+        SetExpr::Select(select) => {
+            let wildcard = select.projection.iter().any(|i| {
+                matches!(
+                    i,
+                    SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..)
+                )
+            });
+            (!wildcard).then_some(select.projection.len())
+        }
+        SetExpr::Values(values) => values.rows.first().map(|r| r.content.len()),
+        SetExpr::Query(q) => source_width(&q.body),
+        SetExpr::SetOperation { left, .. } => source_width(left),
+        _ => None,
+    }
 }
 
 /// The exact ranges of a VALUES row's items, found from its parenthesis tokens.
@@ -497,6 +519,7 @@ fn returning_refs(
         outputs: Vec::new(),
     }
     .with_outputs(Some(returning), index);
+    super::returning_wildcards(&target, Some(returning), index, edits)?;
     for item in returning {
         scope::target_refs(item, &target, index, edits)?;
     }

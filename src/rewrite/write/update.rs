@@ -44,6 +44,7 @@ pub fn update(
         return scope::rewrite_reads(rw, statement, None, index, edits);
     };
     let target = target.with_outputs(update.returning.as_deref(), index);
+    super::returning_wildcards(&target, update.returning.as_deref(), index, edits)?;
     // Reads first: copies of SET values are taken from their rewritten text.
     scope::rewrite_reads(rw, statement, Some(&target), index, edits)?;
     assignment_edits(&plan, &target, &update.assignments, index, edits)
@@ -140,7 +141,7 @@ pub(super) fn assignment_edits(
     }
     let assignments = assignments;
     let written: Vec<String> = assignments.iter().map(|a| a.column.clone()).collect();
-    let changes = plan_changes(plan, &written, |_| false)?;
+    let changes = plan_changes(plan, &written, false)?;
     let by_column = |col: &str| assignments.iter().find(|a| a.column == col);
     // Changes fed by a computed value are evaluated together with it, once per row.
     let mut once: Vec<(&Assignment<'_>, Vec<&Change<'_>>)> = Vec::new();
