@@ -113,13 +113,28 @@ fn walk<V: Visit>(
         statements: 0,
         handled,
         skipping: 0,
+        replaced: Vec::new(),
+        bare: Vec::new(),
         error: None,
     };
     let _ = node.visit(&mut walker);
-    match walker.error {
-        Some(e) => Err(e),
-        None => Ok(()),
+    if let Some(e) = walker.error {
+        return Err(e);
     }
+    // `SELECT u FROM users u`: a whole-row reference to a derived table would be a record,
+    // not the table's row type.
+    for name in &walker.bare {
+        if let Some((_, plan)) = walker
+            .replaced
+            .iter()
+            .find(|(alias, plan)| alias == name && !plan.answers_to(name))
+        {
+            return Err(plan.refuse(format!(
+                "whole-row reference {name} to a table under migration is not supported"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The migrated tables a statement mentions anywhere.
@@ -186,6 +201,10 @@ struct Walker<'a, 'e> {
     handled: &'a [*const Statement],
     /// Depth inside a handled statement's subtree, where nothing is touched.
     skipping: usize,
+    /// Names (alias or table name) of the table references replaced by derived tables.
+    replaced: Vec<(String, Arc<TablePlan>)>,
+    /// Unqualified identifiers seen in expressions.
+    bare: Vec<String>,
     error: Option<Refusal>,
 }
 
@@ -222,6 +241,14 @@ impl Walker<'_, '_> {
         let Some(range) = self.index.range(name.span()) else {
             return self.refuse(plan, "cannot locate a table reference".into());
         };
+        let visible = match (has_alias, name.0.last()) {
+            (true, _) => None,
+            (false, Some(ObjectNamePart::Identifier(i))) => Some(normalize_ident(i)),
+            _ => None,
+        };
+        if let Some(v) = visible {
+            self.replaced.push((v, plan.clone()));
+        }
         let text = if has_alias {
             plan.derived.clone()
         } else {
@@ -395,12 +422,20 @@ impl Visitor for Walker<'_, '_> {
         {
             return ControlFlow::Continue(());
         }
+        if let Some(a) = alias {
+            self.replaced.push((normalize_ident(&a.name), plan.clone()));
+        }
         self.replace_table(&plan, name, alias.is_some())
     }
 
     fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
         if self.skipping > 0 {
             return ControlFlow::Continue(());
+        }
+        if let Expr::Identifier(ident) = expr
+            && self.rw.is_some()
+        {
+            self.bare.push(normalize_ident(ident));
         }
         let Some(target) = self.target else {
             return ControlFlow::Continue(());

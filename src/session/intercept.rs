@@ -82,6 +82,10 @@ pub struct Interceptor {
     /// statement map becomes if they succeed (a rejected Parse must not replace a statement,
     /// a discarded Close must not forget one).
     pending: HashMap<u64, Pending>,
+    /// Statements prepared with SQL `PREPARE` naming a configured migration's table, with the
+    /// epoch they were prepared under: pgshift cannot re-prepare those, so an `EXECUTE` under
+    /// a later snapshot is refused.
+    sql_prepared: HashMap<String, u64>,
 }
 
 /// A change to the statement map that waits for the server.
@@ -103,6 +107,7 @@ impl Interceptor {
             group: 0,
             tickets: 0,
             pending: HashMap::new(),
+            sql_prepared: HashMap::new(),
         }
     }
 
@@ -210,6 +215,13 @@ impl Interceptor {
             return self.refuse_undecodable_query(frame, metrics, refusals);
         };
         let mut out = BytesMut::new();
+        if let Some(message) = self.note_sql_prepare(query) {
+            metrics.statements_refused.increment(1);
+            let (failing, refusal) = self.refusal(&message);
+            wire::put_query(&mut out, &failing);
+            refusals.push(refusal);
+            return Decision::Replace(out);
+        }
         match &self.outcome(query, &[], metrics).outcome {
             Outcome::Unchanged => {
                 metrics.statements_passthrough.increment(1);
@@ -228,6 +240,65 @@ impl Interceptor {
             }
         }
         Decision::Replace(out)
+    }
+
+    /// [`Self::note_sql_prepare`] for a Query frame, cheap for every other statement: only a
+    /// text starting with P, E or D is decoded.
+    pub fn note_sql_prepare_frame(&mut self, frame: &[u8]) {
+        let first = frame
+            .get(5..)
+            .and_then(|b| b.iter().find(|c| !c.is_ascii_whitespace()));
+        if matches!(first, Some(b'p' | b'P' | b'e' | b'E' | b'd' | b'D'))
+            && let Some(query) = wire::query_text(frame)
+        {
+            self.note_sql_prepare(query);
+        }
+    }
+
+    /// Follows SQL-level `PREPARE`/`EXECUTE`/`DEALLOCATE` (the first statement of a Query);
+    /// returns a refusal message for an `EXECUTE` of a statement prepared under an earlier
+    /// snapshot.
+    pub fn note_sql_prepare(&mut self, query: &str) -> Option<String> {
+        let mut words = query
+            .trim_start()
+            .split(|c: char| c.is_whitespace() || c == '(' || c == ';')
+            .filter(|w| !w.is_empty());
+        let verb = words.next()?;
+        let name = || {
+            words
+                .clone()
+                .next()
+                .map(|n| n.trim_matches('"').to_lowercase())
+        };
+        if verb.eq_ignore_ascii_case("prepare") {
+            if self.watched(query.as_bytes())
+                && let Some(name) = name()
+            {
+                self.sql_prepared.insert(name, self.epoch);
+            }
+        } else if verb.eq_ignore_ascii_case("execute") && !self.sql_prepared.is_empty() {
+            let name = name()?;
+            if self
+                .sql_prepared
+                .get(&name)
+                .is_some_and(|&e| e != self.epoch)
+            {
+                return Some(format!(
+                    "pgshift: statement refused: {name} was prepared with PREPARE before a migration \
+                     on its table changed phase, and pgshift cannot re-prepare it; DEALLOCATE and \
+                     PREPARE it again"
+                ));
+            }
+        } else if verb.eq_ignore_ascii_case("deallocate") {
+            match name().as_deref() {
+                Some("all") | Some("prepare") => self.sql_prepared.clear(),
+                Some(n) => {
+                    self.sql_prepared.remove(n);
+                }
+                None => {}
+            }
+        }
+        None
     }
 
     /// A Query whose text is not UTF-8 (another client_encoding) cannot be parsed; when it

@@ -96,6 +96,10 @@ pub fn scan(
                     }
                 } else {
                     metrics.statements_passthrough.increment(1);
+                    if whole {
+                        // Nothing migrates here now, but a SQL PREPARE may outlive that.
+                        intercept.note_sql_prepare_frame(frame);
+                    }
                 }
             }
             tag::PARSE => {
