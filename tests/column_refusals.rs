@@ -553,23 +553,11 @@ fn description(messages: &[BackendMessage]) -> (Vec<u32>, Vec<(String, u32)>) {
 
 /// The text fields of the first DataRow.
 fn data_row(messages: &[BackendMessage]) -> Vec<Option<String>> {
-    let row = messages.iter().find(|m| m.tag == b'D').expect("a DataRow");
-    let b = &row.body;
-    let mut pos = 2;
-    let mut fields = Vec::new();
-    for _ in 0..u16::from_be_bytes([b[0], b[1]]) {
-        let len = i32::from_be_bytes(b[pos..pos + 4].try_into().unwrap());
-        pos += 4;
-        if len < 0 {
-            fields.push(None);
-        } else {
-            fields.push(Some(
-                String::from_utf8_lossy(&b[pos..pos + len as usize]).into_owned(),
-            ));
-            pos += len as usize;
-        }
-    }
-    fields
+    messages
+        .iter()
+        .find(|m| m.tag == b'D')
+        .expect("a DataRow")
+        .fields()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

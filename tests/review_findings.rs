@@ -80,24 +80,7 @@ fn data_rows(messages: &[BackendMessage]) -> Vec<Vec<Option<String>>> {
     messages
         .iter()
         .filter(|m| m.tag == b'D')
-        .map(|row| {
-            let b = &row.body;
-            let mut pos = 2;
-            let mut fields = Vec::new();
-            for _ in 0..u16::from_be_bytes([b[0], b[1]]) {
-                let len = i32::from_be_bytes(b[pos..pos + 4].try_into().unwrap());
-                pos += 4;
-                if len < 0 {
-                    fields.push(None);
-                } else {
-                    fields.push(Some(
-                        String::from_utf8_lossy(&b[pos..pos + len as usize]).into_owned(),
-                    ));
-                    pos += len as usize;
-                }
-            }
-            fields
-        })
+        .map(BackendMessage::fields)
         .collect()
 }
 

@@ -13,6 +13,28 @@ pub struct BackendMessage {
     pub body: Vec<u8>,
 }
 
+impl BackendMessage {
+    /// The text-format fields of a DataRow (`None` for NULL).
+    pub fn fields(&self) -> Vec<Option<String>> {
+        let b = &self.body;
+        let mut pos = 2;
+        let mut fields = Vec::new();
+        for _ in 0..u16::from_be_bytes([b[0], b[1]]) {
+            let len = i32::from_be_bytes(b[pos..pos + 4].try_into().unwrap());
+            pos += 4;
+            if len < 0 {
+                fields.push(None);
+            } else {
+                fields.push(Some(
+                    String::from_utf8_lossy(&b[pos..pos + len as usize]).into_owned(),
+                ));
+                pos += len as usize;
+            }
+        }
+        fields
+    }
+}
+
 impl std::fmt::Debug for BackendMessage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(

@@ -67,6 +67,14 @@ pub fn insert(
         cols
     };
     let changes = plan_changes(&plan, &columns, true)?;
+    let target = InsertTarget {
+        plan: &plan,
+        insert,
+        name,
+        columns: &columns,
+        changes: &changes,
+        index,
+    };
     match values {
         _ if changes.is_empty() => {}
         Some(values) => {
@@ -87,20 +95,9 @@ pub fn insert(
             } else {
                 apply_insert_changes
             };
-            apply(
-                &plan,
-                insert,
-                name,
-                &columns,
-                &values.rows,
-                &changes,
-                index,
-                edits,
-            )?;
+            apply(&target, &values.rows, edits)?;
         }
-        None => insert_select(
-            &plan, insert, name, source, &columns, &changes, index, edits,
-        )?,
+        None => insert_select(&target, source, edits)?,
     }
     // RETURNING and the VALUES' own subqueries see the table through the usual read rules.
     scope::rewrite_reads(rw, statement, None, index, edits)?;
@@ -174,6 +171,18 @@ fn source_or_quoted(index: &LineIndex<'_>, ident: &sqlparser::ast::Ident) -> Str
         .unwrap_or_else(|| quote_ident(&ident.value))
 }
 
+/// What every form of a rewritten INSERT works from.
+#[derive(Clone, Copy)]
+struct InsertTarget<'a> {
+    plan: &'a TablePlan,
+    insert: &'a Insert,
+    name: &'a sqlparser::ast::ObjectName,
+    /// The columns written, in order.
+    columns: &'a [String],
+    changes: &'a [Change<'a>],
+    index: &'a LineIndex<'a>,
+}
+
 /// The column list of a rewritten INSERT: added names go after the last column (or a whole
 /// list is inserted after the table name); in contract the old name is replaced.
 fn column_list_edits(
@@ -223,17 +232,19 @@ fn column_list_edits(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 fn apply_insert_changes(
-    plan: &TablePlan,
-    insert: &Insert,
-    name: &sqlparser::ast::ObjectName,
-    columns: &[String],
+    target: &InsertTarget<'_>,
     rows: &[Parens<Vec<Expr>>],
-    changes: &[Change<'_>],
-    index: &LineIndex<'_>,
     edits: &mut Edits,
 ) -> Result<(), Refusal> {
+    let InsertTarget {
+        plan,
+        insert,
+        name,
+        columns,
+        changes,
+        index,
+    } = *target;
     let refuse = |reason: String| plan.refuse(reason);
     column_list_edits(plan, insert, name, columns, changes, index, edits)?;
     for parens in rows {
@@ -305,17 +316,19 @@ fn apply_insert_changes(
 /// pgshift_v.c2, up(pgshift_v.…) FROM (VALUES (CAST(… AS type_a), …)) AS pgshift_v(c1, c2)`.
 /// Each value is cast to the type of the column it was written to, so literals and
 /// parameters keep the types Postgres would have given them.
-#[allow(clippy::too_many_arguments)]
 fn apply_insert_derived(
-    plan: &TablePlan,
-    insert: &Insert,
-    name: &sqlparser::ast::ObjectName,
-    columns: &[String],
+    target: &InsertTarget<'_>,
     rows: &[Parens<Vec<Expr>>],
-    changes: &[Change<'_>],
-    index: &LineIndex<'_>,
     edits: &mut Edits,
 ) -> Result<(), Refusal> {
+    let InsertTarget {
+        plan,
+        insert,
+        name,
+        columns,
+        changes,
+        index,
+    } = *target;
     let refuse = |reason: &str| plan.refuse(reason.to_owned());
     if rows.iter().any(|r| r.content.iter().any(is_default)) {
         return Err(refuse(
@@ -399,17 +412,19 @@ fn derived_select(
 /// AS pgshift_v(c1, c2)`, so each source row is computed once. The casts keep Postgres'
 /// coercion of the source's untyped literals to the target columns. Parameters inside the
 /// source are refused: inside a derived table Postgres would deduce them as text.
-#[allow(clippy::too_many_arguments)]
 fn insert_select(
-    plan: &TablePlan,
-    insert: &Insert,
-    name: &sqlparser::ast::ObjectName,
+    target: &InsertTarget<'_>,
     source: &sqlparser::ast::Query,
-    columns: &[String],
-    changes: &[Change<'_>],
-    index: &LineIndex<'_>,
     edits: &mut Edits,
 ) -> Result<(), Refusal> {
+    let InsertTarget {
+        plan,
+        insert,
+        name,
+        columns,
+        changes,
+        index,
+    } = *target;
     let refuse = |reason: &str| plan.refuse(reason.to_owned());
     let mut has_placeholder = false;
     let _ = sqlparser::ast::visit_expressions(source, |e| {
