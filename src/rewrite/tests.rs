@@ -284,6 +284,44 @@ fn data_modifying_ctes_are_rewritten_as_writes() {
 }
 
 #[test]
+fn a_split_writes_the_old_column_once() {
+    use crate::migration::{ColumnPair, ColumnsMigration, MigratedTable};
+    let mut table = fixtures::users_table(Phase::Planned, Phase::Planned);
+    table.shape.columns.push(table.shape.columns[1].clone());
+    table.shape.columns.last_mut().unwrap().name = "last_name".into();
+    table.migrations = vec![std::sync::Arc::new(ColumnsMigration {
+        name: "split".into(),
+        database: "app".into(),
+        table: table.shape.name.clone(),
+        phase: Phase::Expand,
+        pairs: ["display_name", "last_name"]
+            .iter()
+            .map(|new| ColumnPair {
+                old: "user_name".into(),
+                new: (*new).into(),
+                up: format!(
+                    "split_part(user_name, ' ', {})",
+                    if *new == "last_name" { 2 } else { 1 }
+                ),
+                down: "display_name || ' ' || last_name".into(),
+            })
+            .collect(),
+    })];
+    let rw = Rewriter::new(&[table as MigratedTable]).unwrap();
+    assert_eq!(
+        rewritten(
+            &rw,
+            "INSERT INTO users (id, display_name, last_name) VALUES (1, 'a', 'b')"
+        ),
+        "INSERT INTO users (id, display_name, last_name, user_name) VALUES (1, 'a', 'b', (('a')::text || ' ' || ('b')::text))"
+    );
+    assert_eq!(
+        rewritten(&rw, "INSERT INTO users (id, user_name) VALUES (1, 'a b')"),
+        "INSERT INTO users (id, user_name, display_name, last_name) VALUES (1, 'a b', (split_part(('a b')::text, ' ', 1)), (split_part(('a b')::text, ' ', 2)))"
+    );
+}
+
+#[test]
 fn contract_writes_only_the_new_side() {
     let rw = users(Phase::Contract, Phase::Planned);
     assert_eq!(

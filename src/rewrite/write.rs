@@ -94,6 +94,13 @@ pub(super) fn plan_changes<'p>(
             });
         }
     }
+    // A split (one old column, several new ones) maps back to the old column once.
+    let mut seen = Vec::new();
+    changes.retain(|c| {
+        let first = !seen.contains(&c.column);
+        seen.push(c.column.clone());
+        first
+    });
     Ok(changes)
 }
 
