@@ -369,6 +369,15 @@ fn put_cstr(buf: &mut BytesMut, s: &str) {
     buf.put_u8(0);
 }
 
+/// A tagged frame with `body`, for tests of code that walks frames.
+#[cfg(test)]
+pub(crate) fn test_frame(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut f = vec![tag];
+    f.extend(((body.len() + 4) as u32).to_be_bytes());
+    f.extend(body);
+    f
+}
+
 /// Severity of a pgshift-made error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {

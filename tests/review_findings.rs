@@ -1,5 +1,7 @@
-//! Review findings: each test states the behaviour the contract (DESIGN §2, §3) requires and
-//! fails on the code as reviewed. They run against the real PostgreSQL the harness starts.
+//! Regression tests from a review of the statement-routing code: each test states the
+//! behaviour the contract (DESIGN §2, §3) requires. Each doc comment describes the bug as the
+//! review found it (all are fixed, or now refused where no safe rewrite exists); the tests
+//! keep them from coming back. They run against the real PostgreSQL the harness starts.
 
 mod common;
 

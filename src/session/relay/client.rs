@@ -176,12 +176,7 @@ pub fn scan(
 mod tests {
     use super::*;
 
-    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut f = vec![tag];
-        f.extend(((body.len() + 4) as u32).to_be_bytes());
-        f.extend(body);
-        f
-    }
+    use crate::wire::test_frame as frame;
 
     fn scan_all(buf: &[u8], cursor: &mut FrameCursor) -> ClientScan {
         let mut intercept = Interceptor::new("app");

@@ -104,12 +104,7 @@ mod tests {
     use super::*;
     use crate::session::replies::Request;
 
-    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut f = vec![tag];
-        f.extend(((body.len() + 4) as u32).to_be_bytes());
-        f.extend(body);
-        f
-    }
+    use crate::wire::test_frame as frame;
 
     #[test]
     fn tracks_ready_for_query_and_forwards_untouched() {
