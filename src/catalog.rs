@@ -120,13 +120,8 @@ impl std::ops::Deref for ControlConnection {
     }
 }
 
-/// Opens a control connection to `database` on `[proxy].upstream` as `[control].user`.
-///
-/// The password is taken from the environment variable named by `[control].password_env` when
-/// that is set and the variable exists, else from `[control].password`, else none is sent.
-/// The connection is made without TLS: `[proxy].upstream_tls` applies to client sessions
-/// only for now; honouring it for control connections comes later.
-pub async fn connect(config: &Config, database: &str) -> Result<ControlConnection, CatalogError> {
+/// The connection settings of a control connection to `database` (see [`connect`]).
+pub fn pg_config(config: &Config, database: &str) -> Result<tokio_postgres::Config, CatalogError> {
     let (host, port) = split_host_port(&config.proxy.upstream).map_err(CatalogError::Upstream)?;
     let control = &config.control;
     let password = control
@@ -144,6 +139,18 @@ pub async fn connect(config: &Config, database: &str) -> Result<ControlConnectio
     if let Some(password) = password {
         pg.password(password);
     }
+    Ok(pg)
+}
+
+/// Opens a control connection to `database` on `[proxy].upstream` as `[control].user`.
+///
+/// The password is taken from the environment variable named by `[control].password_env` when
+/// that is set and the variable exists, else from `[control].password`, else none is sent.
+/// The connection is made without TLS: `[proxy].upstream_tls` applies to client sessions
+/// only for now; honouring it for control connections comes later.
+pub async fn connect(config: &Config, database: &str) -> Result<ControlConnection, CatalogError> {
+    let control = &config.control;
+    let pg = pg_config(config, database)?;
     let (client, connection) = pg
         .connect(NoTls)
         .await

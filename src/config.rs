@@ -108,7 +108,8 @@ impl Default for AdminConfig {
     }
 }
 
-/// `[control]`: how pgshift's own connections (state, catalog, jobs) log in.
+/// `[control]`: how pgshift's own connections (state, catalog, jobs) log in, where the shared
+/// state lives, and the timing of the control plane (DESIGN §3.5).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControlConfig {
@@ -116,6 +117,21 @@ pub struct ControlConfig {
     pub user: String,
     pub password: Option<String>,
     pub password_env: Option<String>,
+    /// The database holding the `pgshift` state schema. Defaults to the migrations' database
+    /// when they all use one; required when they span several.
+    pub database: Option<String>,
+    /// How often an instance records its heartbeat and acknowledged epoch.
+    #[serde(default = "default_heartbeat_interval", with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// An instance whose last heartbeat is older than this no longer counts as live.
+    #[serde(default = "default_instance_lease", with = "humantime_serde")]
+    pub instance_lease: Duration,
+    /// How long a transition waits for every live instance to acknowledge before giving up.
+    #[serde(default = "default_ack_timeout", with = "humantime_serde")]
+    pub ack_timeout: Duration,
+    /// How often the state is polled besides `LISTEN pgshift`.
+    #[serde(default = "default_poll_interval", with = "humantime_serde")]
+    pub poll_interval: Duration,
 }
 
 impl Default for ControlConfig {
@@ -124,7 +140,23 @@ impl Default for ControlConfig {
             user: default_control_user(),
             password: None,
             password_env: None,
+            database: None,
+            heartbeat_interval: default_heartbeat_interval(),
+            instance_lease: default_instance_lease(),
+            ack_timeout: default_ack_timeout(),
+            poll_interval: default_poll_interval(),
         }
+    }
+}
+
+impl Config {
+    /// The database holding pgshift's state: `[control].database`, else the one database all
+    /// migrations use; `None` when there are no migrations (nothing to coordinate).
+    pub fn control_database(&self) -> Option<&str> {
+        self.control
+            .database
+            .as_deref()
+            .or_else(|| self.migrations.first().map(|m| m.database.as_str()))
     }
 }
 
@@ -166,6 +198,47 @@ pub enum Phase {
     Complete,
 }
 
+impl Phase {
+    pub const ALL: [Phase; 5] = [
+        Phase::Planned,
+        Phase::Expand,
+        Phase::Switch,
+        Phase::Contract,
+        Phase::Complete,
+    ];
+
+    /// The stable name, as in the config file and the admin interface.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Planned => "planned",
+            Phase::Expand => "expand",
+            Phase::Switch => "switch",
+            Phase::Contract => "contract",
+            Phase::Complete => "complete",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Phase {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Phase, String> {
+        Phase::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown phase {s:?}; phases are planned, expand, switch, contract, complete"
+                )
+            })
+    }
+}
+
 /// One `[[migration.columns]]`: `up` defaults to the old column, `down` to the new one.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -196,6 +269,18 @@ fn default_metrics_listen() -> SocketAddr {
 }
 fn default_control_user() -> String {
     "postgres".to_owned()
+}
+fn default_heartbeat_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_instance_lease() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_ack_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_poll_interval() -> Duration {
+    Duration::from_secs(1)
 }
 
 impl Config {
@@ -250,7 +335,43 @@ impl Config {
                 format!("must be between 1024 and {POSTGRES_MAX_MESSAGE_SIZE} bytes"),
             ));
         }
+        self.validate_control()?;
         self.validate_migrations()
+    }
+
+    fn validate_control(&self) -> Result<(), ConfigError> {
+        let c = &self.control;
+        for (key, value) in [
+            ("control.heartbeat_interval", c.heartbeat_interval),
+            ("control.poll_interval", c.poll_interval),
+            ("control.instance_lease", c.instance_lease),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        if c.instance_lease <= c.heartbeat_interval {
+            return Err(invalid(
+                "control.instance_lease",
+                "must be longer than control.heartbeat_interval",
+            ));
+        }
+        if c.database.is_none()
+            && let Some(first) = self.migrations.first()
+            && let Some(other) = self
+                .migrations
+                .iter()
+                .find(|m| m.database != first.database)
+        {
+            return Err(invalid(
+                "control.database",
+                format!(
+                    "migrations use databases {:?} and {:?}; say which one holds pgshift's state",
+                    first.database, other.database
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn validate_migrations(&self) -> Result<(), ConfigError> {

@@ -10,13 +10,19 @@
 //! - [`net`], [`tls`]: plain or TLS byte streams;
 //! - [`cancel`]: pgshift-issued cancel keys mapped to upstream backends;
 //! - [`metrics`]: metric names and the `/metrics`, `/healthz`, `/readyz` endpoint;
+//! - [`control`]: phases stored in Postgres, transitions and their gates, several instances
+//!   in agreement, config reload; [`sessions`]: what each session runs under (acknowledgments);
+//! - [`admin`], [`ctl`]: the admin socket and its client `pgshift ctl`;
 //! - [`config`]: the TOML configuration;
 //! - [`ephemeral`]: a throw-away PostgreSQL for tests and demos.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod cancel;
 pub mod catalog;
 pub mod config;
+pub mod control;
+pub mod ctl;
 pub mod ephemeral;
 pub mod metrics;
 pub mod migration;
@@ -24,6 +30,7 @@ pub mod net;
 pub mod rewrite;
 pub mod server;
 pub mod session;
+pub mod sessions;
 pub mod snapshot;
 pub mod tls;
 pub mod wire;

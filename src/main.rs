@@ -1,4 +1,5 @@
-//! The `pgshift` command: `serve` runs the proxy, `check` validates a config file.
+//! The `pgshift` command: `serve` runs the proxy, `ctl` talks to a running one over its admin
+//! socket, `check` validates a config file.
 #![forbid(unsafe_code)]
 
 use std::io::Write;
@@ -8,7 +9,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use pgshift::config::Config;
-use pgshift::server;
+use pgshift::control::{ControlPlane, watch};
+use pgshift::{admin, ctl, metrics, server};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -32,6 +34,22 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Send a command to a running pgshift over its admin socket (`status`, `phase NAME
+    /// PHASE [force]`, `rollback NAME`, `complete NAME`, `reload`, `connections`,
+    /// `events [NAME]`, `shutdown`).
+    Ctl {
+        /// The admin socket (default: `[admin].socket` of --config, else /tmp/pgshift.sock).
+        #[arg(long, conflicts_with = "config")]
+        socket: Option<PathBuf>,
+        /// Take the admin socket path from this config file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print the raw JSON reply.
+        #[arg(long)]
+        json: bool,
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
     /// Validate a configuration file without serving.
     Check {
         #[arg(long, short)]
@@ -47,6 +65,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config } => serve(config),
+        Command::Ctl {
+            socket,
+            config,
+            json,
+            command,
+        } => return ctl(socket, config, json, command.join(" ")),
         Command::Check { config, connect } => check(config, connect),
     };
     match result {
@@ -80,6 +104,50 @@ fn check(path: PathBuf, connect: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn ctl(socket: Option<PathBuf>, config: Option<PathBuf>, json: bool, command: String) -> ExitCode {
+    let socket = match (socket, config) {
+        (Some(socket), _) => socket,
+        (None, Some(path)) => match Config::load(&path) {
+            Ok(config) => config.admin.socket,
+            Err(e) => {
+                eprintln!("pgshift ctl: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        (None, None) => pgshift::config::AdminConfig::default().socket,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pgshift ctl: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let reply = match runtime.block_on(ctl::request(&socket, &command)) {
+        Ok(reply) => reply,
+        Err(e) => {
+            eprintln!("pgshift ctl: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let ok = ctl::is_ok(&reply);
+    if json {
+        println!("{reply}");
+    } else if ok {
+        print!("{}", ctl::render(&command, &reply));
+    } else {
+        eprint!("pgshift ctl: {}", ctl::render(&command, &reply));
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 fn serve(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     tracing_subscriber::fmt()
@@ -103,45 +171,67 @@ fn serve(path: PathBuf) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
+        let handle = metrics::install_recorder()
+            .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
         let shutdown = CancellationToken::new();
-        let running = server::start(&config, shutdown.clone()).await?;
+        let plane = ControlPlane::start(config.clone(), Some(path.clone()), shutdown.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let admin_listener = admin::bind(&config.admin.socket)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let shared = server::Shared {
+            snapshots: plane.snapshots.clone(),
+            sessions: plane.sessions.clone(),
+            metrics: plane.metrics.clone(),
+        };
+        let running = server::start(&config, shutdown.clone(), handle, shared).await?;
         // One machine-readable line on stdout says where pgshift listens (ports may be 0).
         let ready = serde_json::json!({
             "event": "ready",
             "listen": running.listen.to_string(),
             "metrics_listen": running.metrics_listen.to_string(),
+            "admin_socket": config.admin.socket.display().to_string(),
+            "instance": plane.instance,
+            "epoch": plane.snapshots.load().epoch,
         });
         let mut stdout = std::io::stdout().lock();
         writeln!(stdout, "{ready}")?;
         stdout.flush()?;
         drop(stdout);
+        // The background tasks outlive the drain: the heartbeat keeps reporting the sessions
+        // still finishing old transactions until they are gone.
+        let drained = CancellationToken::new();
+        let tasks = plane.spawn_tasks(running.readiness.clone(), drained.clone());
+        let admin = tokio::spawn(admin::serve(
+            admin_listener,
+            config.admin.socket.clone(),
+            plane.clone(),
+        ));
+        let watcher = watch::spawn(plane.clone(), path.clone());
         let signals = tokio::spawn(wait_for_signals(shutdown.clone()));
-        let running = std::sync::Arc::new(running);
-        let reloads = tokio::spawn(reload_on_sighup(running.clone(), path.clone()));
+        let reloads = tokio::spawn(reload_on_sighup(plane.clone()));
         shutdown.cancelled().await;
         reloads.abort();
-        let _ = reloads.await;
-        let running = std::sync::Arc::into_inner(running).expect("the reload task has ended");
         running.wait().await;
+        drained.cancel();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), tasks).await;
+        let _ = admin.await;
+        let _ = watcher.await;
         signals.abort();
         info!("pgshift stopped");
         Ok(())
     })
 }
 
-/// SIGHUP re-reads the migrations of the config file.
-async fn reload_on_sighup(running: std::sync::Arc<server::Running>, path: PathBuf) {
+/// SIGHUP re-reads the config file.
+async fn reload_on_sighup(plane: std::sync::Arc<ControlPlane>) {
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         warn!("cannot install the SIGHUP handler");
         return;
     };
     while hup.recv().await.is_some() {
-        match running.reload(&path).await {
-            Ok(epoch) => info!(epoch, "configuration reloaded"),
-            Err(e) => {
-                warn!(error = %e, "configuration reload failed; the previous one stays in force")
-            }
-        }
+        let _ = plane.reload().await;
     }
 }
 

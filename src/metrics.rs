@@ -3,10 +3,13 @@
 //!
 //! Handles are resolved once at start-up so the per-statement path only bumps atomics.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -26,6 +29,7 @@ pub const STATEMENTS_TOTAL: &str = "pgshift_statements_total";
 pub const UPSTREAM_ERRORS_TOTAL: &str = "pgshift_upstream_errors_total";
 pub const REWRITE_SECONDS: &str = "pgshift_rewrite_seconds";
 pub const OLD_NAME_STATEMENTS_TOTAL: &str = "pgshift_old_name_statements_total";
+pub const CONFIG_RELOADS_TOTAL: &str = "pgshift_config_reloads_total";
 
 /// The process's metric handles.
 #[derive(Clone)]
@@ -36,6 +40,8 @@ pub struct Metrics {
     pub statements_refused: Counter,
     pub rewrite_seconds: Histogram,
     pub upstream_errors: Counter,
+    /// Old-name statements per migration over the last minutes, for `ctl status`.
+    pub old_names: Arc<RecentCounts>,
 }
 
 impl Metrics {
@@ -54,6 +60,10 @@ impl Metrics {
             OLD_NAME_STATEMENTS_TOTAL,
             "Statements using a migration's old column names (old application versions)."
         );
+        metrics::describe_counter!(
+            CONFIG_RELOADS_TOTAL,
+            "Config file reloads by result (error: invalid file or a refused phase)."
+        );
         metrics::describe_histogram!(
             REWRITE_SECONDS,
             metrics::Unit::Seconds,
@@ -66,6 +76,7 @@ impl Metrics {
             statements_refused: counter!(STATEMENTS_TOTAL, "action" => "refused"),
             rewrite_seconds: histogram!(REWRITE_SECONDS),
             upstream_errors: counter!(UPSTREAM_ERRORS_TOTAL),
+            old_names: Arc::new(RecentCounts::default()),
         }
     }
 }
@@ -74,6 +85,75 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
     }
+}
+
+/// Counts an old-name statement of `migration` (the counter and the recent window).
+impl Metrics {
+    pub fn old_name_statement(&self, migration: &str) {
+        metrics::counter!(OLD_NAME_STATEMENTS_TOTAL, "migration" => migration.to_owned())
+            .increment(1);
+        self.old_names.record(migration, Instant::now());
+    }
+}
+
+/// Per-key event counts in one-minute buckets over the last [`RecentCounts::MINUTES`] minutes.
+#[derive(Debug)]
+pub struct RecentCounts {
+    start: Instant,
+    /// key → (minute index since `start`, count) per bucket, indexed by minute modulo the size.
+    buckets: Mutex<HashMap<String, [(u64, u64); RecentCounts::MINUTES]>>,
+}
+
+impl Default for RecentCounts {
+    fn default() -> Self {
+        RecentCounts {
+            start: Instant::now(),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl RecentCounts {
+    pub const MINUTES: usize = 5;
+
+    fn minute(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.start).as_secs() / 60
+    }
+
+    pub fn record(&self, key: &str, at: Instant) {
+        let minute = self.minute(at);
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let slots = match buckets.get_mut(key) {
+            Some(slots) => slots,
+            None => buckets
+                .entry(key.to_owned())
+                .or_insert([(0, 0); Self::MINUTES]),
+        };
+        let slot = &mut slots[minute as usize % Self::MINUTES];
+        if slot.0 != minute {
+            *slot = (minute, 0);
+        }
+        slot.1 += 1;
+    }
+
+    /// Events of `key` in the current minute and the previous `MINUTES - 1`.
+    pub fn recent(&self, key: &str, now: Instant) -> u64 {
+        let minute = self.minute(now);
+        let buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        buckets.get(key).map_or(0, |slots| {
+            slots
+                .iter()
+                .filter(|(m, _)| *m + (Self::MINUTES as u64) > minute && *m <= minute)
+                .map(|(_, n)| n)
+                .sum()
+        })
+    }
+}
+
+/// `pgshift_config_reloads_total{result}`.
+pub fn count_reload(ok: bool) {
+    metrics::counter!(CONFIG_RELOADS_TOTAL, "result" => if ok { "ok" } else { "error" })
+        .increment(1);
 }
 
 /// Installs the global Prometheus recorder. Call once, before [`Metrics::new`].
@@ -160,4 +240,26 @@ fn respond(
 /// Binds the metrics listener (separately, so `serve` can report the bound address).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn recent_counts_forget_events_older_than_the_window() {
+        let counts = RecentCounts::default();
+        let t0 = counts.start;
+        counts.record("m", t0);
+        counts.record("m", t0 + Duration::from_secs(61));
+        counts.record("other", t0);
+        assert_eq!(counts.recent("m", t0 + Duration::from_secs(62)), 2);
+        assert_eq!(counts.recent("m", t0 + Duration::from_secs(5 * 60 + 1)), 1);
+        assert_eq!(counts.recent("m", t0 + Duration::from_secs(6 * 60 + 1)), 0);
+        assert_eq!(counts.recent("none", t0), 0);
+        // A bucket reused for a later minute starts from zero.
+        counts.record("m", t0 + Duration::from_secs(10 * 60));
+        assert_eq!(counts.recent("m", t0 + Duration::from_secs(10 * 60)), 1);
+    }
 }

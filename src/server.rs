@@ -16,8 +16,10 @@ use tracing::{info, warn};
 use crate::cancel::CancelRegistry;
 use crate::config::{Config, ProxyConfig};
 use crate::metrics::{self, Metrics, Readiness};
-use crate::snapshot::{self, SnapshotStore};
+use crate::sessions::Sessions;
+use crate::snapshot::SnapshotStore;
 use crate::{session, tls};
+use metrics_exporter_prometheus::PrometheusHandle;
 
 /// Process-wide state every session shares.
 pub struct Proxy {
@@ -29,6 +31,8 @@ pub struct Proxy {
     pub shutdown: CancellationToken,
     /// The migrations in effect; sessions pin one per transaction.
     pub snapshots: Arc<SnapshotStore>,
+    /// Every client session, for `ctl connections` and acknowledgments.
+    pub sessions: Arc<Sessions>,
     connections: AtomicUsize,
 }
 
@@ -48,7 +52,7 @@ impl Proxy {
     pub fn new(
         config: &Config,
         shutdown: CancellationToken,
-        snapshots: Arc<SnapshotStore>,
+        shared: Shared,
     ) -> Result<Arc<Proxy>, StartError> {
         let p = &config.proxy;
         let tls_acceptor = match (&p.tls_cert, &p.tls_key) {
@@ -60,9 +64,10 @@ impl Proxy {
             tls_acceptor,
             upstream_tls: tls::upstream_config(),
             cancels: Arc::new(CancelRegistry::default()),
-            metrics: Metrics::new(),
+            metrics: shared.metrics,
             shutdown,
-            snapshots,
+            snapshots: shared.snapshots,
+            sessions: shared.sessions,
             connections: AtomicUsize::new(0),
         }))
     }
@@ -86,6 +91,13 @@ impl Proxy {
     }
 }
 
+/// What the proxy shares with the control plane.
+pub struct Shared {
+    pub snapshots: Arc<SnapshotStore>,
+    pub sessions: Arc<Sessions>,
+    pub metrics: Metrics,
+}
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -96,10 +108,6 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot install the metrics recorder: {0}")]
-    Metrics(String),
-    #[error(transparent)]
-    Snapshot(#[from] crate::snapshot::SnapshotError),
 }
 
 /// A started server: its bound addresses and the task to await.
@@ -107,42 +115,27 @@ pub struct Running {
     pub listen: SocketAddr,
     pub metrics_listen: SocketAddr,
     pub proxy: Arc<Proxy>,
+    /// What `/readyz` answers; the control plane clears it while its database is unreachable.
+    pub readiness: Arc<Readiness>,
     done: tokio::task::JoinHandle<()>,
-    reloading: tokio::sync::Mutex<()>,
 }
 
 impl Running {
-    /// Re-reads the migrations of the config file at `path` and publishes them as a new
-    /// snapshot; sessions pick it up at their next transaction. Settings outside
-    /// `[[migration]]` take effect at the next restart. On any error nothing changes.
-    pub async fn reload(&self, path: &std::path::Path) -> Result<u64, String> {
-        // One reload at a time: epochs are published in order.
-        let _guard = self.reloading.lock().await;
-        let config = Config::load(path).map_err(|e| e.to_string())?;
-        let current = self.proxy.snapshots.load();
-        let next = snapshot::build(&config, current.epoch + 1, Some(&current))
-            .await
-            .map_err(|e| e.to_string())?;
-        let epoch = next.epoch;
-        self.proxy.snapshots.publish(next);
-        Ok(epoch)
-    }
-
     /// Waits until the server has shut down completely.
     pub async fn wait(self) {
         let _ = self.done.await;
     }
 }
 
-/// Binds everything and starts serving; returns once listening.
-pub async fn start(config: &Config, shutdown: CancellationToken) -> Result<Running, StartError> {
-    let handle = metrics::install_recorder().map_err(StartError::Metrics)?;
-    let snapshot = snapshot::build(config, 1, None).await?;
-    let proxy = Proxy::new(
-        config,
-        shutdown.clone(),
-        Arc::new(SnapshotStore::new(snapshot)),
-    )?;
+/// Binds everything and starts serving; returns once listening. The metrics recorder must be
+/// installed already (`handle` renders it).
+pub async fn start(
+    config: &Config,
+    shutdown: CancellationToken,
+    handle: PrometheusHandle,
+    shared: Shared,
+) -> Result<Running, StartError> {
+    let proxy = Proxy::new(config, shutdown.clone(), shared)?;
     let listener = TcpListener::bind(config.proxy.listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -175,10 +168,11 @@ pub async fn start(config: &Config, shutdown: CancellationToken) -> Result<Runni
         readiness.clone(),
         http_shutdown.clone(),
     ));
+    let ready = readiness.clone();
     let accept_proxy = proxy.clone();
     let done = tokio::spawn(async move {
         accept_loop(accept_proxy.clone(), listener).await;
-        readiness.set(false);
+        ready.set(false);
         info!(
             sessions = accept_proxy.connection_count(),
             "stopped accepting; waiting for sessions"
@@ -191,8 +185,8 @@ pub async fn start(config: &Config, shutdown: CancellationToken) -> Result<Runni
         listen,
         metrics_listen,
         proxy,
+        readiness,
         done,
-        reloading: tokio::sync::Mutex::new(()),
     })
 }
 

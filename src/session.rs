@@ -99,7 +99,14 @@ pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr) {
             }
         };
         let database = startup.database().unwrap_or_default().to_owned();
-        let end = relay::run(&proxy, client, established, &database).await;
+        let registration = proxy.sessions.register(
+            peer,
+            startup.user().unwrap_or_default(),
+            &database,
+            startup.param("application_name").unwrap_or_default(),
+        );
+        let end = relay::run(&proxy, client, established, &database, &registration.entry).await;
+        drop(registration);
         debug!(?end, "session ended");
         drop(slot);
     }

@@ -15,7 +15,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 
 use super::replies::Request;
-use crate::metrics::{Metrics, OLD_NAME_STATEMENTS_TOTAL};
+use crate::metrics::Metrics;
 use crate::rewrite::{Outcome, Prefilter, Rewrite, Rewriter};
 use crate::snapshot::Snapshot;
 use crate::wire::{self, Severity};
@@ -185,8 +185,7 @@ impl Interceptor {
                     .rewrite_seconds
                     .record(started.elapsed().as_secs_f64());
                 for migration in &rewrite.old_name_migrations {
-                    metrics::counter!(OLD_NAME_STATEMENTS_TOTAL, "migration" => migration.to_string())
-                        .increment(1);
+                    metrics.old_name_statement(migration);
                 }
                 rewrite
             }

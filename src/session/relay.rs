@@ -25,6 +25,7 @@ use super::replies::Replies;
 use super::upstream::Established;
 use crate::net::{ReadHalf, Stream, WriteHalf};
 use crate::server::Proxy;
+use crate::sessions::SessionEntry;
 use crate::wire::{self, FrameCursor, Severity, WireError, tag};
 
 /// Read buffers keep at least this much room so a read is never tiny.
@@ -119,6 +120,7 @@ pub async fn run(
     client: Stream,
     established: Established,
     database: &str,
+    entry: &SessionEntry,
 ) -> SessionEnd {
     let Established {
         server,
@@ -143,8 +145,16 @@ pub async fn run(
             &mut server_wr,
             &shared,
             intercept,
+            entry,
         );
-        let down = server_to_client(proxy, &mut server_rd, server_buf, &mut client_wr, &shared);
+        let down = server_to_client(
+            proxy,
+            &mut server_rd,
+            server_buf,
+            &mut client_wr,
+            &shared,
+            entry,
+        );
         tokio::select! {
             end = up => end,
             end = down => end,
@@ -181,6 +191,7 @@ async fn client_to_server(
     server: &mut WriteHalf,
     shared: &Shared,
     mut intercept: Interceptor,
+    entry: &SessionEntry,
 ) -> SessionEnd {
     let mut cursor = FrameCursor::default();
     let idle_timeout = proxy.config.idle_timeout;
@@ -206,9 +217,13 @@ async fn client_to_server(
                 intercept.settle(ticket, ok);
             }
             // A transaction starting now runs under the current snapshot until it ends.
+            // Marked busy under the lock, so the server pump's "idle" cannot overtake it.
             if replies.is_idle() {
+                entry.begin();
                 drop(replies);
-                intercept.pin(&proxy.snapshots.load());
+                let snapshot = proxy.snapshots.load();
+                intercept.pin(&snapshot);
+                entry.pinned(snapshot.epoch);
             }
         }
         let scan = match client::scan(
@@ -277,6 +292,7 @@ async fn server_to_client(
     mut buf: BytesMut,
     client: &mut WriteHalf,
     shared: &Shared,
+    entry: &SessionEntry,
 ) -> SessionEnd {
     let mut cursor = FrameCursor::default();
     let mut drain_deadline: Option<Instant> = None;
@@ -311,7 +327,16 @@ async fn server_to_client(
             Ok(_) => {}
             Err(e) => return SessionEnd::ServerError(e),
         }
-        let scan = server::scan(&buf, &mut cursor, &mut shared.replies());
+        let scan = {
+            let mut replies = shared.replies();
+            let scan = server::scan(&buf, &mut cursor, &mut replies);
+            if scan.became_idle {
+                entry.idle(b'I');
+            } else if scan.saw_ready {
+                entry.set_status(replies.status());
+            }
+            scan
+        };
         if scan.consumed > 0 {
             shared.client_at_boundary.store(false, Ordering::Release);
             let out = scan.spliced.as_deref().unwrap_or(&buf[..scan.consumed]);

@@ -218,6 +218,11 @@ impl Replies {
         }
     }
 
+    /// The transaction status of the last ReadyForQuery.
+    pub fn status(&self) -> u8 {
+        self.status
+    }
+
     /// Nothing owed, nothing unsynced and no transaction open.
     pub fn is_idle(&self) -> bool {
         self.owed == 0 && self.status == b'I' && self.requests.is_empty()

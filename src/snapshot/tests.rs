@@ -216,7 +216,7 @@ fn a_split_old_column_is_one_migration_not_an_overlap() {
 #[test]
 fn migrations_are_grouped_by_database_and_table() {
     let c = config(&format!(
-        "{}{}{}{}",
+        "[control]\ndatabase = \"app\"\n{}{}{}{}",
         migration("a", "users", "expand", &[("a", "b")]),
         migration("b", "orders", "expand", &[("a", "b")]),
         migration("c", "users", "switch", &[("c", "d")]),

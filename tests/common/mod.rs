@@ -524,27 +524,107 @@ impl Proxy {
         self.config.clone()
     }
 
-    /// Writes `config` over the proxy's config file and sends SIGHUP, then waits until the
-    /// proxy published a newer snapshot (`pgshift_epoch` increased).
+    /// Writes `config` over the proxy's config file and has it reloaded (`pgshift ctl
+    /// reload`, which answers once the reload is done); panics when the reload fails.
     pub async fn reload(&self, config: &ProxyConfig) {
-        let before = self.epoch().await;
+        self.write_config(config);
+        let reply = self.ctl(&["reload"]).await;
+        assert_eq!(
+            reply["ok"],
+            true,
+            "reload failed: {reply}\nlog:\n{}",
+            self.log()
+        );
+    }
+
+    /// Writes `config` (with this proxy's admin socket) over the proxy's config file, in
+    /// place; reloading is up to the caller (or the file watch).
+    pub fn write_config(&self, config: &ProxyConfig) {
         let mut config = config.clone();
         config.admin_socket = self.config.admin_socket.clone();
-        std::fs::write(self.dir.path().join("pgshift.toml"), config.to_toml())
-            .expect("rewrite proxy config");
-        let status = std::process::Command::new("kill")
-            .args(["-HUP", &self.pid.to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -HUP {} failed", self.pid);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.epoch().await <= before {
-            assert!(
-                Instant::now() < deadline,
-                "pgshift did not publish a new snapshot after SIGHUP; log:\n{}",
+        std::fs::write(self.config_path(), config.to_toml()).expect("rewrite proxy config");
+    }
+
+    /// The proxy's config file.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("pgshift.toml")
+    }
+
+    /// The proxy's admin socket.
+    pub fn admin_socket(&self) -> PathBuf {
+        self.config
+            .admin_socket
+            .clone()
+            .expect("spawn sets the admin socket")
+    }
+
+    /// Runs `pgshift ctl --json ARGS…` against this proxy and returns the parsed reply.
+    pub async fn ctl(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.ctl_output(&["--json"], args).await;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let reply: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+            panic!(
+                "pgshift ctl {args:?} printed no JSON ({e}): {stdout}\nstderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        assert_eq!(
+            out.status.success(),
+            reply["ok"] == true,
+            "the exit status follows \"ok\": {reply}"
+        );
+        reply
+    }
+
+    /// Runs `pgshift ctl --socket … FLAGS… ARGS…` and returns its output.
+    pub async fn ctl_output(&self, flags: &[&str], args: &[&str]) -> Output {
+        let socket = self.admin_socket();
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgshift"));
+        cmd.arg("ctl")
+            .arg("--socket")
+            .arg(&socket)
+            .args(flags)
+            .args(args);
+        tokio::time::timeout(Duration::from_secs(60), cmd.output())
+            .await
+            .expect("pgshift ctl answered within 60 s")
+            .expect("run pgshift ctl")
+    }
+
+    /// The phase of `migration` as `ctl status` reports it.
+    pub async fn phase(&self, migration: &str) -> String {
+        let status = self.ctl(&["status"]).await;
+        status["migrations"]
+            .as_array()
+            .and_then(|all| all.iter().find(|m| m["name"] == migration))
+            .and_then(|m| m["phase"].as_str())
+            .unwrap_or_else(|| panic!("no migration {migration} in {status}"))
+            .to_owned()
+    }
+
+    /// Moves `migration` to `target` one step at a time with `ctl phase … force` (tests
+    /// stand in for the backfill and verify jobs themselves).
+    pub async fn set_phase(&self, migration: &str, target: &str) {
+        const ORDER: [&str; 5] = ["planned", "expand", "switch", "contract", "complete"];
+        let index = |p: &str| ORDER.iter().position(|o| *o == p).expect("a phase name");
+        loop {
+            let current = self.phase(migration).await;
+            let (from, to) = (index(&current), index(target));
+            if from == to {
+                return;
+            }
+            let step = if to > from {
+                ORDER[from + 1]
+            } else {
+                ORDER[from - 1]
+            };
+            let reply = self.ctl(&["phase", migration, step, "force"]).await;
+            assert_eq!(
+                reply["ok"],
+                true,
+                "phase {migration} {step}: {reply}\nlog:\n{}",
                 self.log()
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

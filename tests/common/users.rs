@@ -81,13 +81,18 @@ impl Users {
         }
     }
 
-    /// Moves the migrations to these phases (config rewrite + SIGHUP, waits for the new epoch).
+    /// Moves the migrations to these phases with `pgshift ctl phase … force`, one step at a
+    /// time (the tests do the backfill themselves, see [`Users::backfill`]).
     pub async fn set_phases(&self, rename: &str, type_change: &str) {
-        let config = self
-            .base
+        self.proxy.set_phase(RENAME, rename).await;
+        self.proxy.set_phase(TYPE_CHANGE, type_change).await;
+    }
+
+    /// The config this fixture started with, in other phases.
+    pub fn config(&self, rename: &str, type_change: &str) -> ProxyConfig {
+        self.base
             .clone()
-            .extra(&migrations_toml(&self.db.name, rename, type_change));
-        self.proxy.reload(&config).await;
+            .extra(&migrations_toml(&self.db.name, rename, type_change))
     }
 
     /// A new client connection through the proxy.
