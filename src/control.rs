@@ -88,6 +88,10 @@ pub struct ControlPlane {
     pub shutdown: CancellationToken,
     /// The database holding the state; `None` without migrations (nothing to coordinate).
     control_db: Option<String>,
+    /// The config pgshift started with: connection settings and `[control]` timings are
+    /// taken from it (they change at a restart), so the background tasks never wait for a
+    /// transition holding `inner`.
+    base: Config,
     /// The config in force and the state connection; one state change at a time.
     inner: tokio::sync::Mutex<Inner>,
     /// The last reload's problem (invalid file, refused phase), for `status`.
@@ -150,6 +154,7 @@ impl ControlPlane {
             metrics: Metrics::new(),
             shutdown,
             control_db,
+            base: config.clone(),
             inner: tokio::sync::Mutex::new(Inner {
                 config: config.clone(),
                 conn: None,
@@ -477,13 +482,10 @@ impl ControlPlane {
     /// Waits until every live instance acknowledged `epoch`, up to `[control].ack_timeout`;
     /// on timeout, says who holds the transition back.
     async fn wait_for_acks(&self, epoch: u64, step: Step) -> Result<(), String> {
-        let (timeout, lease) = {
-            let inner = self.inner.lock().await;
-            (
-                inner.config.control.ack_timeout,
-                inner.config.control.instance_lease,
-            )
-        };
+        let (timeout, lease) = (
+            self.base.control.ack_timeout,
+            self.base.control.instance_lease,
+        );
         let deadline = Instant::now() + timeout;
         loop {
             let instances = self.instances(lease).await.map_err(|e| e.to_string())?;
@@ -586,14 +588,6 @@ impl ControlPlane {
         })
     }
 
-    async fn timings(&self) -> (Duration, Duration) {
-        let inner = self.inner.lock().await;
-        (
-            inner.config.control.poll_interval,
-            inner.config.control.heartbeat_interval,
-        )
-    }
-
     /// LISTEN on its own connection (reopened when lost), plus a poll.
     async fn follow(&self, until: &CancellationToken) {
         let db = self
@@ -602,12 +596,9 @@ impl ControlPlane {
             .expect("follow needs a state database");
         let mut backoff = Duration::from_millis(100);
         loop {
-            let (poll, _) = self.timings().await;
+            let poll = self.base.control.poll_interval;
             let (tx, mut rx) = mpsc::unbounded_channel();
-            let listener = {
-                let config = self.inner.lock().await.config.clone();
-                listen(&config, &db, tx).await
-            };
+            let listener = listen(&self.base, &db, tx).await;
             match &listener {
                 Ok(_) => backoff = Duration::from_millis(100),
                 Err(e) => warn!(error = %e, "cannot LISTEN for state changes; polling"),
@@ -646,7 +637,7 @@ impl ControlPlane {
                 _ = until.cancelled() => break,
                 _ = ticker.tick() => {}
             }
-            let (_, interval) = self.timings().await;
+            let interval = self.base.control.heartbeat_interval;
             let epoch = self.snapshots.load().epoch;
             let (acked, holdouts) = self.sessions.acknowledged(epoch);
             let ids: Vec<u64> = holdouts.iter().map(|s| s.id).collect();
@@ -657,8 +648,7 @@ impl ControlPlane {
                 continue;
             }
             if conn.as_ref().is_none_or(|c| c.client.is_closed()) {
-                let config = self.inner.lock().await.config.clone();
-                conn = catalog::connect(&config, &db).await.ok();
+                conn = catalog::connect(&self.base, &db).await.ok();
             }
             let Some(c) = &conn else {
                 readiness.set(false);
@@ -707,7 +697,7 @@ impl ControlPlane {
             None => None,
         };
         let instances = match self.control_db {
-            Some(_) => match self.instances(config.control.instance_lease).await {
+            Some(_) => match self.instances(self.base.control.instance_lease).await {
                 Ok(list) => serde_json::to_value(list).unwrap_or(Value::Null),
                 Err(e) => {
                     control_error.get_or_insert(e.to_string());
