@@ -2,7 +2,7 @@
 //! object per reply line, `{"ok":true,…}` or `{"ok":false,"error":"…"}`. A bad command gets an
 //! error reply and the connection stays usable. `pgshift ctl` ([`crate::ctl`]) is its client.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -101,7 +101,9 @@ impl Command {
 }
 
 /// Binds the socket with mode 0600, replacing a stale socket file left by a dead process but
-/// refusing to steal one that still answers.
+/// refusing to steal one that still answers. The socket is created inside a private (0700)
+/// directory, restricted, then renamed into place, so it is never reachable with the
+/// process umask's wider mode.
 pub async fn bind(path: &Path) -> Result<UnixListener, String> {
     if path.exists() {
         if UnixStream::connect(path).await.is_ok() {
@@ -113,11 +115,28 @@ pub async fn bind(path: &Path) -> Result<UnixListener, String> {
         std::fs::remove_file(path)
             .map_err(|e| format!("cannot remove stale admin socket {}: {e}", path.display()))?;
     }
-    let listener = UnixListener::bind(path)
-        .map_err(|e| format!("cannot bind admin socket {}: {e}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("cannot restrict admin socket {}: {e}", path.display()))?;
-    Ok(listener)
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let private = dir.join(format!(".pgshift-admin-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(|e| format!("cannot create {}: {e}", private.display()))?;
+    let staged = private.join("socket");
+    let result = (|| {
+        let listener = UnixListener::bind(&staged)
+            .map_err(|e| format!("cannot bind admin socket {}: {e}", path.display()))?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("cannot restrict admin socket {}: {e}", path.display()))?;
+        std::fs::rename(&staged, path)
+            .map_err(|e| format!("cannot create admin socket {}: {e}", path.display()))?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&private);
+    result
 }
 
 /// Serves the socket until shutdown, then removes it.

@@ -35,6 +35,8 @@ struct Prepared {
     sent: Arc<str>,
     /// A re-prepare in flight, until the server answers it.
     reparse: Option<Reparse>,
+    /// Migrations whose old names the statement uses: each execution counts.
+    old_names: Vec<Arc<str>>,
 }
 
 /// An injected Close + Parse awaiting its ParseComplete.
@@ -86,6 +88,14 @@ pub struct Interceptor {
     /// epoch they were prepared under: pgshift cannot re-prepare those, so an `EXECUTE` under
     /// a later snapshot is refused.
     sql_prepared: HashMap<String, u64>,
+    /// Statement names parsed since the last Sync/Query (their Bind is not counted again).
+    parsed_in_group: Vec<String>,
+}
+
+fn count_old_names(migrations: &[Arc<str>], metrics: &Metrics) {
+    for migration in migrations {
+        metrics.old_name_statement(migration);
+    }
 }
 
 /// A change to the statement map that waits for the server.
@@ -108,6 +118,7 @@ impl Interceptor {
             tickets: 0,
             pending: HashMap::new(),
             sql_prepared: HashMap::new(),
+            parsed_in_group: Vec::new(),
         }
     }
 
@@ -127,6 +138,18 @@ impl Interceptor {
     /// A Sync, Query or FunctionCall was forwarded: later messages are in a new group.
     pub fn next_group(&mut self) {
         self.group += 1;
+        self.parsed_in_group.clear();
+    }
+
+    /// A Bind of statement `name` executes it: its old-name use counts again, unless it was
+    /// parsed in this group (counted then).
+    pub fn on_bind(&self, name: &str, metrics: &Metrics) {
+        if self.rewriter.is_none() || self.parsed_in_group.iter().any(|n| n == name) {
+            return;
+        }
+        if let Some(stmt) = self.statements.get(name) {
+            count_old_names(&stmt.old_names, metrics);
+        }
     }
 
     /// The server answered re-prepare `ticket`: `ok` when its ParseComplete came, false when
@@ -184,9 +207,6 @@ impl Interceptor {
                 metrics
                     .rewrite_seconds
                     .record(started.elapsed().as_secs_f64());
-                for migration in &rewrite.old_name_migrations {
-                    metrics.old_name_statement(migration);
-                }
                 rewrite
             }
             _ => Arc::new(Rewrite::unchanged()),
@@ -221,7 +241,9 @@ impl Interceptor {
             refusals.push(refusal);
             return Decision::Replace(out);
         }
-        match &self.outcome(query, &[], metrics).outcome {
+        let rewrite = self.outcome(query, &[], metrics);
+        count_old_names(&rewrite.old_name_migrations, metrics);
+        match &rewrite.outcome {
             Outcome::Unchanged => {
                 metrics.statements_passthrough.increment(1);
                 return Decision::Forward;
@@ -344,6 +366,10 @@ impl Interceptor {
             };
         };
         let outcome = self.outcome(parse.query, &parse.param_types, metrics);
+        if !outcome.old_name_migrations.is_empty() {
+            count_old_names(&outcome.old_name_migrations, metrics);
+            self.parsed_in_group.push(parse.name.to_owned());
+        }
         let (decision, sent): (Decision, Arc<str>) = match &outcome.outcome {
             Outcome::Unchanged => {
                 metrics.statements_passthrough.increment(1);
@@ -378,6 +404,7 @@ impl Interceptor {
                 epoch: self.epoch,
                 sent,
                 reparse: None,
+                old_names: outcome.old_name_migrations.clone(),
             };
             self.pending
                 .insert(ticket, Pending::Define(parse.name.to_owned(), prepared));
@@ -424,6 +451,7 @@ impl Interceptor {
         };
         let ticket = self.ticket();
         let stmt = self.statements.get_mut(name).expect("looked up above");
+        stmt.old_names = outcome.old_name_migrations.clone();
         if *stmt.sent == *text && stmt.reparse.is_none() {
             stmt.epoch = epoch;
             return;

@@ -135,6 +135,9 @@ pub fn scan(
                     if !inject.is_empty() {
                         out.splice(pos, 0, &inject);
                     }
+                    if tag == tag::BIND {
+                        intercept.on_bind(name, metrics);
+                    }
                 }
                 scan.requests.push(Request::Extended);
             }
