@@ -286,6 +286,12 @@ fn default_poll_interval() -> Duration {
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with_text(path).map(|(config, _)| config)
+    }
+
+    /// [`Config::load`], also returning the text it was read from (one read, so the text and
+    /// the config always agree).
+    pub fn load_with_text(path: &Path) -> Result<(Config, String), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
@@ -297,7 +303,7 @@ impl Config {
             },
             other => other,
         })?;
-        Ok(config)
+        Ok((config, text))
     }
 
     /// Parses and validates config text (the path in errors is left empty).

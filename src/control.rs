@@ -128,11 +128,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl ControlPlane {
     /// Connects to the state database (creating schema `pgshift` on first use), applies the
-    /// config file's migrations, and publishes the snapshot of the current epoch. `path` is
-    /// the file reloads re-read.
+    /// config file's migrations, and publishes the snapshot of the current epoch. `file` is
+    /// the path reloads re-read and the text `config` was parsed from.
     pub async fn start(
         config: Config,
-        path: Option<PathBuf>,
+        file: Option<(PathBuf, String)>,
         shutdown: CancellationToken,
     ) -> Result<Arc<ControlPlane>, String> {
         let host = hostname();
@@ -142,9 +142,10 @@ impl ControlPlane {
             rand::random::<u16>()
         );
         let control_db = config.control_database().map(str::to_owned);
-        let loaded_text = path
-            .as_deref()
-            .and_then(|p| std::fs::read_to_string(p).ok());
+        let (path, loaded_text) = match file {
+            Some((path, text)) => (Some(path), Some(text)),
+            None => (None, None),
+        };
         let plane = Arc::new(ControlPlane {
             instance,
             host,
@@ -219,17 +220,16 @@ impl ControlPlane {
     }
 
     async fn reload_from(&self, path: &Path) -> Result<String, String> {
-        let text = std::fs::read_to_string(path).ok();
-        let config = match Config::load(path) {
-            Ok(config) => config,
+        let (config, text) = match Config::load_with_text(path) {
+            Ok(loaded) => loaded,
             Err(e) => {
-                *lock(&self.loaded_text) = text;
+                *lock(&self.loaded_text) = std::fs::read_to_string(path).ok();
                 let message = e.to_string();
                 *lock(&self.config_error) = Some(message.clone());
                 return Err(message);
             }
         };
-        *lock(&self.loaded_text) = text;
+        *lock(&self.loaded_text) = Some(text);
         if config.control_database() != self.control_db.as_deref()
             && !(self.control_db.is_some() && config.migrations.is_empty())
         {
@@ -270,14 +270,16 @@ impl ControlPlane {
     }
 
     /// Records the file's migrations in the state (new ones in planned, changed definitions
-    /// where allowed), makes the file the config in force, then requests each migration's
-    /// phase where the file's value changed since the last applied load. Returns the
-    /// requests that were refused.
+    /// where allowed) with the phase the file says, makes the file the config in force, then
+    /// requests each migration's phase where the file's value changed since the previous load
+    /// (DESIGN §3.5). Returns the requests that were refused: each is asked for once, by the
+    /// load that saw the file's value change; asking again takes `ctl phase` or a new edit.
     async fn apply(&self, config: Config) -> Result<Vec<String>, String> {
         let db = self
             .control_db
             .clone()
             .expect("apply needs a state database");
+        let mut requested = Vec::new();
         {
             let mut inner = self.inner.lock().await;
             let client = inner.client(&db).await.map_err(|e| e.to_string())?;
@@ -288,6 +290,9 @@ impl ControlPlane {
             for m in &config.migrations {
                 let hash = definition_hash(m);
                 let row = state.migrations.get(&m.name);
+                if row.is_none_or(|r| r.file_phase != Some(m.phase)) {
+                    requested.push((m.name.clone(), m.phase));
+                }
                 if row.is_some_and(|r| r.definition_hash == hash) {
                     continue;
                 }
@@ -305,26 +310,23 @@ impl ControlPlane {
                 .await
                 .map_err(|e| e.to_string())?;
             }
+            for (name, phase) in &requested {
+                txn.set_file_phase(name, *phase)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
             txn.commit().await.map_err(|e| e.to_string())?;
             inner.config = config.clone();
         }
         let mut refusals = Vec::new();
-        for m in &config.migrations {
-            let state = self.state().await.map_err(|e| e.to_string())?;
-            let Some(row) = state.migrations.get(&m.name) else {
-                continue;
-            };
-            if row.file_phase == Some(m.phase) {
-                continue;
-            }
+        for (name, phase) in requested {
             let request = Request::Phase {
-                to: m.phase,
+                to: phase,
                 force: false,
             };
-            if let Err(e) = self.transition(&m.name, request, Source::Config).await {
+            if let Err(e) = self.transition(&name, request, Source::Config).await {
                 refusals.push(format!(
-                    "migration {:?}: phase {} from the config file not applied: {e}",
-                    m.name, m.phase
+                    "migration {name:?}: phase {phase} from the config file not applied: {e}"
                 ));
             }
         }
@@ -385,12 +387,6 @@ impl ControlPlane {
             .ok_or_else(|| format!("migration {name:?} disappeared from the state"))?;
         if row.phase != step.from && row.phase == step.to {
             // Someone else made the same move meanwhile.
-            if source == Source::Config {
-                txn.set_file_phase(name, step.to)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                txn.commit().await.map_err(|e| e.to_string())?;
-            }
             return Ok(Transitioned {
                 migration: name.to_owned(),
                 from: step.to,
@@ -406,20 +402,7 @@ impl ControlPlane {
                 row.phase
             ));
         }
-        if source == Source::Config {
-            let file_phase = config
-                .migrations
-                .iter()
-                .find(|m| m.name == name)
-                .map(|m| m.phase);
-            if let Some(p) = file_phase {
-                txn.set_file_phase(name, p)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-        }
         if step.is_noop() {
-            txn.commit().await.map_err(|e| e.to_string())?;
             return Ok(Transitioned {
                 migration: name.to_owned(),
                 from: step.from,
@@ -683,7 +666,6 @@ impl ControlPlane {
 
     /// The `status` reply (DESIGN §4).
     pub async fn status(&self) -> Value {
-        let snapshot = self.snapshots.load();
         let config = self.inner.lock().await.config.clone();
         let mut control_error = None;
         let state = match self.control_db {
@@ -696,6 +678,9 @@ impl ControlPlane {
             },
             None => None,
         };
+        // Taken after the state: the epoch in force is then never older than the phases shown
+        // unless this instance has not caught up yet.
+        let snapshot = self.snapshots.load();
         let instances = match self.control_db {
             Some(_) => match self.instances(self.base.control.instance_lease).await {
                 Ok(list) => serde_json::to_value(list).unwrap_or(Value::Null),

@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use pgshift::config::Config;
 use pgshift::control::{ControlPlane, watch};
 use pgshift::{admin, ctl, metrics, server};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -149,7 +149,7 @@ fn ctl(socket: Option<PathBuf>, config: Option<PathBuf>, json: bool, command: St
 }
 
 fn serve(path: PathBuf) -> anyhow::Result<()> {
-    let config = Config::load(&path)?;
+    let (config, text) = Config::load_with_text(&path)?;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -174,9 +174,10 @@ fn serve(path: PathBuf) -> anyhow::Result<()> {
         let handle = metrics::install_recorder()
             .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
         let shutdown = CancellationToken::new();
-        let plane = ControlPlane::start(config.clone(), Some(path.clone()), shutdown.clone())
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let plane =
+            ControlPlane::start(config.clone(), Some((path.clone(), text)), shutdown.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
         let admin_listener = admin::bind(&config.admin.socket)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -186,6 +187,10 @@ fn serve(path: PathBuf) -> anyhow::Result<()> {
             metrics: plane.metrics.clone(),
         };
         let running = server::start(&config, shutdown.clone(), handle, shared).await?;
+        // Signal handlers and the file watch are in place before "ready": a SIGHUP's default
+        // action would end the process, and an edit made now must not be missed.
+        let signals = Signals::install()?;
+        let watcher = watch::start(plane.clone(), path.clone()).await;
         // One machine-readable line on stdout says where pgshift listens (ports may be 0).
         let ready = serde_json::json!({
             "event": "ready",
@@ -208,9 +213,12 @@ fn serve(path: PathBuf) -> anyhow::Result<()> {
             config.admin.socket.clone(),
             plane.clone(),
         ));
-        let watcher = watch::spawn(plane.clone(), path.clone());
-        let signals = tokio::spawn(wait_for_signals(shutdown.clone()));
-        let reloads = tokio::spawn(reload_on_sighup(plane.clone()));
+        let reloads = tokio::spawn(reload_on_sighup(plane.clone(), signals.hangup));
+        let signals = tokio::spawn(wait_for_signals(
+            shutdown.clone(),
+            signals.terminate,
+            signals.interrupt,
+        ));
         shutdown.cancelled().await;
         reloads.abort();
         running.wait().await;
@@ -224,29 +232,38 @@ fn serve(path: PathBuf) -> anyhow::Result<()> {
     })
 }
 
+/// The signals `serve` handles, installed together.
+struct Signals {
+    hangup: Signal,
+    terminate: Signal,
+    interrupt: Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        Ok(Signals {
+            hangup: signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?,
+            terminate: signal(SignalKind::terminate())
+                .context("cannot install the SIGTERM handler")?,
+            interrupt: signal(SignalKind::interrupt())
+                .context("cannot install the SIGINT handler")?,
+        })
+    }
+}
+
 /// SIGHUP re-reads the config file.
-async fn reload_on_sighup(plane: std::sync::Arc<ControlPlane>) {
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        warn!("cannot install the SIGHUP handler");
-        return;
-    };
+async fn reload_on_sighup(plane: std::sync::Arc<ControlPlane>, mut hup: Signal) {
     while hup.recv().await.is_some() {
         let _ = plane.reload().await;
     }
 }
 
 /// SIGTERM or SIGINT starts a graceful shutdown; a second one exits at once.
-async fn wait_for_signals(shutdown: CancellationToken) {
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        warn!("cannot install signal handlers");
-        return;
-    };
+async fn wait_for_signals(shutdown: CancellationToken, mut term: Signal, mut int: Signal) {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+        _ = shutdown.cancelled() => {}
     }
     info!("shutdown requested; finishing in-flight transactions");
     shutdown.cancel();

@@ -19,24 +19,27 @@ use super::ControlPlane;
 /// Events closer together than this are one change (an editor's write + rename).
 const DEBOUNCE: Duration = Duration::from_millis(100);
 
-/// Watches `path` until shutdown, reloading through `plane` on change.
-pub fn spawn(plane: Arc<ControlPlane>, path: PathBuf) -> tokio::task::JoinHandle<()> {
+/// Watches `path` until shutdown, reloading through `plane` on change. The watch is in place
+/// when this returns; an edit made between the startup read and now is caught by
+/// [`ControlPlane::reload_if_changed`] right after.
+pub async fn start(plane: Arc<ControlPlane>, path: PathBuf) -> tokio::task::JoinHandle<()> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            let _ = tx.send(());
+        }
+    });
+    let mut watcher = match watcher {
+        Ok(w) => w,
+        Err(e) => {
+            warn!(error = %e, "cannot watch the config file; reload with SIGHUP or `pgshift ctl reload`");
+            return tokio::spawn(async {});
+        }
+    };
+    let mut watched = Vec::new();
+    rewatch(&mut watcher, &path, &mut watched);
+    let _ = plane.reload_if_changed().await;
     tokio::spawn(async move {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
-                let _ = tx.send(());
-            }
-        });
-        let mut watcher = match watcher {
-            Ok(w) => w,
-            Err(e) => {
-                warn!(error = %e, "cannot watch the config file; reload with SIGHUP or `pgshift ctl reload`");
-                return;
-            }
-        };
-        let mut watched = Vec::new();
-        rewatch(&mut watcher, &path, &mut watched);
         loop {
             tokio::select! {
                 _ = plane.shutdown.cancelled() => return,
