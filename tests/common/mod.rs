@@ -249,9 +249,9 @@ pub fn psql_command(conninfo: &str, args: &[&str]) -> tokio::process::Command {
     cmd
 }
 
-/// Runs a client tool to completion with a clean libpq environment (no inherited `PG*`
-/// variables, no password file; variables set on `cmd` are kept) and a 120 s safety timeout.
-pub async fn run_client(mut cmd: tokio::process::Command, stdin: Option<&str>) -> Output {
+/// A clean libpq environment for a client tool: no inherited `PG*` variables (those set on
+/// `cmd` are kept), no password file and a connect timeout unless set, the C locale.
+pub fn client_env(cmd: &mut tokio::process::Command) {
     let explicit: Vec<std::ffi::OsString> =
         cmd.as_std().get_envs().map(|(k, _)| k.to_owned()).collect();
     for (key, _) in std::env::vars_os() {
@@ -264,15 +264,21 @@ pub async fn run_client(mut cmd: tokio::process::Command, stdin: Option<&str>) -
             cmd.env(key, value);
         }
     }
-    cmd.env("LC_ALL", "C")
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    cmd.env("LC_ALL", "C");
+}
+
+/// Runs a client tool to completion with a clean libpq environment (no inherited `PG*`
+/// variables, no password file; variables set on `cmd` are kept) and a 120 s safety timeout.
+pub async fn run_client(mut cmd: tokio::process::Command, stdin: Option<&str>) -> Output {
+    client_env(&mut cmd);
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
     let description = format!("{cmd:?}");
     let mut child = cmd
         .spawn()
