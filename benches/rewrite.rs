@@ -7,7 +7,7 @@ use pgshift::rewrite::{Rewriter, fixtures};
 use std::hint::black_box;
 
 fn rewriter() -> Rewriter {
-    Rewriter::new(&[fixtures::users_table(Phase::Expand, Phase::Expand)]).unwrap()
+    Rewriter::new(&[fixtures::users_table(Phase::Expand, Phase::Expand)], &[]).unwrap()
 }
 
 fn benches(c: &mut Criterion) {

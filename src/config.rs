@@ -244,7 +244,9 @@ impl std::str::FromStr for Phase {
 #[serde(deny_unknown_fields)]
 pub struct ColumnMapping {
     pub old: String,
-    pub new: String,
+    /// Required for `kind = "columns"`; in a table move, absent for an old column the new
+    /// table does not have.
+    pub new: Option<String>,
     pub up: Option<String>,
     pub down: Option<String>,
 }
@@ -432,7 +434,7 @@ impl Config {
                     }
                 }
             }
-            validate_columns(&key, &m.columns)?;
+            validate_columns(&key, m.kind, &m.columns)?;
         }
         Ok(())
     }
@@ -441,19 +443,47 @@ impl Config {
 /// A migration's `[[migration.columns]]`: each new column is produced once; one old column may
 /// be split into several new ones, and then every entry naming it must give the same `down`,
 /// since the old column can only be computed back one way.
-fn validate_columns(key: &str, columns: &[ColumnMapping]) -> Result<(), ConfigError> {
+fn validate_columns(
+    key: &str,
+    kind: MigrationKind,
+    columns: &[ColumnMapping],
+) -> Result<(), ConfigError> {
     let mut news = HashSet::new();
     for c in columns {
-        if c.old.is_empty() || c.new.is_empty() {
+        let Some(new) = &c.new else {
+            if kind == MigrationKind::Columns {
+                return Err(invalid(
+                    format!("{key}.columns"),
+                    format!("old column {:?} needs a new column", c.old),
+                ));
+            }
+            if c.up.is_some() {
+                return Err(invalid(
+                    format!("{key}.columns"),
+                    format!(
+                        "old column {:?} has no new column, so it cannot have an up",
+                        c.old
+                    ),
+                ));
+            }
+            if columns.iter().filter(|o| o.old == c.old).count() > 1 {
+                return Err(invalid(
+                    format!("{key}.columns"),
+                    format!("old column {:?} is both dropped and mapped", c.old),
+                ));
+            }
+            continue;
+        };
+        if c.old.is_empty() || new.is_empty() {
             return Err(invalid(
                 format!("{key}.columns"),
                 "old and new must be non-empty",
             ));
         }
-        if !news.insert(c.new.as_str()) {
+        if !news.insert(new.as_str()) {
             return Err(invalid(
                 format!("{key}.columns"),
-                format!("new column {:?} is mapped twice", c.new),
+                format!("new column {new:?} is mapped twice"),
             ));
         }
     }

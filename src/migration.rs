@@ -242,6 +242,36 @@ pub struct MigratedTable {
     pub migrations: Vec<Arc<ColumnsMigration>>,
 }
 
+/// A `kind = "table"` migration resolved against both tables: for every column of each table,
+/// the SQL expression computing it from a row of the other one (over unqualified column names),
+/// or `None` when nothing feeds it (its default, else NULL, applies).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableMove {
+    pub name: String,
+    pub database: String,
+    pub phase: Phase,
+    pub old: TableShape,
+    pub new: TableShape,
+    /// Columns identifying a row in both tables.
+    pub key: Vec<String>,
+    /// One entry per column of `new`, in physical order.
+    pub new_from_old: Vec<(String, Option<String>)>,
+    /// One entry per column of `old`, in physical order.
+    pub old_from_new: Vec<(String, Option<String>)>,
+}
+
+impl TableMove {
+    /// The table reads are served from in this phase.
+    pub fn reads_new(&self) -> bool {
+        self.phase >= Phase::Switch
+    }
+
+    /// Both tables are written in expand and switch.
+    pub fn dual_writes(&self) -> bool {
+        matches!(self.phase, Phase::Expand | Phase::Switch)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

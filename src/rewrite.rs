@@ -11,6 +11,7 @@ mod cache;
 mod expr;
 #[doc(hidden)]
 pub mod fixtures;
+mod moves;
 mod plan;
 mod prefilter;
 mod scope;
@@ -23,7 +24,7 @@ use sqlparser::ast::{CopySource, Ident, SetExpr, Statement};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
-use crate::migration::{MigratedTable, QualifiedName};
+use crate::migration::{MigratedTable, QualifiedName, TableMove};
 
 pub use cache::RewriteCache;
 pub use plan::{PairPlan, TablePlan};
@@ -84,6 +85,8 @@ impl Refusal {
 #[derive(Debug)]
 pub struct Rewriter {
     tables: Vec<Arc<TablePlan>>,
+    /// Active table moves (writes); their reads are ordinary entries of `tables`.
+    moves: Vec<Arc<moves::MovePlan>>,
     prefilter: Prefilter,
     cache: RewriteCache,
 }
@@ -93,8 +96,8 @@ const CACHE_CAPACITY: usize = 10_000;
 
 impl Rewriter {
     /// Compiles the plans of the migrated tables (phase `planned` migrations contribute
-    /// nothing).
-    pub fn new(tables: &[MigratedTable]) -> Result<Rewriter, String> {
+    /// nothing) and of the active table moves.
+    pub fn new(tables: &[MigratedTable], moved: &[Arc<TableMove>]) -> Result<Rewriter, String> {
         let mut plans = Vec::new();
         for t in tables {
             let plan = TablePlan::new(t)?;
@@ -102,9 +105,25 @@ impl Rewriter {
                 plans.push(Arc::new(plan));
             }
         }
-        let prefilter = Prefilter::new(plans.iter().map(|p| p.name().name.as_str()));
+        let mut moves = Vec::new();
+        for m in moved {
+            plans.push(Arc::new(TablePlan::for_move(m)?));
+            moves.push(Arc::new(moves::MovePlan::new(m)?));
+        }
+        let names: Vec<&str> = plans
+            .iter()
+            .map(|p| p.name().name.as_str())
+            .chain(moves.iter().flat_map(|m| {
+                [
+                    m.moved.old.name.name.as_str(),
+                    m.moved.new.name.name.as_str(),
+                ]
+            }))
+            .collect();
+        let prefilter = Prefilter::new(names);
         Ok(Rewriter {
             tables: plans,
+            moves,
             prefilter,
             cache: RewriteCache::new(CACHE_CAPACITY),
         })
@@ -112,7 +131,7 @@ impl Rewriter {
 
     /// True when no migration is active: every statement passes untouched.
     pub fn is_empty(&self) -> bool {
-        self.tables.is_empty()
+        self.tables.is_empty() && self.moves.is_empty()
     }
 
     /// Cheap check: may this statement text touch a migrated table?
@@ -175,10 +194,16 @@ impl Rewriter {
         // The splice must yield exactly as many statements that parse.
         match Parser::parse_sql(&PostgreSqlDialect {}, &text) {
             Ok(again) if again.len() == statements.len() => Outcome::Rewritten(text),
-            Ok(_) | Err(_) => Outcome::Refused(self.refusal_for_text(
-                sql,
-                "the rewritten statement does not parse (a pgshift bug; please report it)".into(),
-            )),
+            Ok(_) | Err(_) => {
+                tracing::warn!(original = sql, rewritten = %text, "a rewrite does not parse");
+                Outcome::Refused(
+                    self.refusal_for_text(
+                        sql,
+                        "the rewritten statement does not parse (a pgshift bug; please report it)"
+                            .into(),
+                    ),
+                )
+            }
         }
     }
 
@@ -212,6 +237,12 @@ impl Rewriter {
     fn old_name_migrations(&self, statements: &[Statement]) -> Vec<Arc<str>> {
         let mut found: Vec<Arc<str>> = Vec::new();
         for statement in statements {
+            for (plan, side) in moves::touched(self, statement) {
+                let name: Arc<str> = Arc::from(plan.moved.name.as_str());
+                if side == moves::Side::Old && !found.contains(&name) {
+                    found.push(name);
+                }
+            }
             let touched = scope::touched_tables(self, statement);
             if touched.is_empty() {
                 continue;
@@ -232,6 +263,11 @@ impl Rewriter {
         index: &splice::LineIndex<'_>,
         edits: &mut splice::Edits,
     ) -> Result<(), Refusal> {
+        if !self.moves.is_empty()
+            && let Some(result) = moves::rewrite(self, statement, index, edits)
+        {
+            return result;
+        }
         match statement {
             Statement::Query(query) => {
                 // Data-modifying CTEs are writes of their own (`WITH w AS (UPDATE …) …`).
@@ -317,6 +353,36 @@ impl Rewriter {
         }
     }
 
+    /// Resolves a table reference (1 or 2 parts) to a table of an active move, and which of
+    /// its two tables it names.
+    fn resolve_move(&self, name: &[Ident]) -> Option<(Arc<moves::MovePlan>, moves::Side)> {
+        let sides = |m: &Arc<moves::MovePlan>| {
+            [
+                (m.clone(), moves::Side::Old, m.moved.old.name.clone()),
+                (m.clone(), moves::Side::New, m.moved.new.name.clone()),
+            ]
+        };
+        let all = self.moves.iter().flat_map(sides);
+        match name {
+            [table] => {
+                let table = normalize_ident(table);
+                all.filter(|(_, _, n)| n.name == table)
+                    .min_by_key(|(_, _, n)| n.schema != "public")
+                    .map(|(m, s, _)| (m, s))
+            }
+            [schema, table] => {
+                let wanted = QualifiedName {
+                    schema: normalize_ident(schema),
+                    name: normalize_ident(table),
+                };
+                all.filter(|(_, _, n)| *n == wanted)
+                    .map(|(m, s, _)| (m, s))
+                    .next()
+            }
+            _ => None,
+        }
+    }
+
     /// A refusal naming the migrations of every table the text mentions.
     fn refusal_for_text(&self, sql: &str, reason: String) -> Refusal {
         let lower = sql.to_lowercase();
@@ -355,7 +421,7 @@ pub(crate) fn normalize_ident(ident: &Ident) -> String {
     }
 }
 
-fn statement_kind(statement: &Statement) -> String {
+pub(crate) fn statement_kind(statement: &Statement) -> String {
     let text = statement.to_string();
     let words: Vec<&str> = text.split_whitespace().take(2).collect();
     words.join(" ").to_uppercase()

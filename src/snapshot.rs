@@ -22,8 +22,8 @@ use sqlparser::tokenizer::Token;
 use crate::catalog::{self, CatalogError, ControlConnection};
 use crate::config::{Config, MigrationConfig};
 use crate::migration::{
-    ColumnPair, ColumnsMigration, MigratedTable, MigrationKind, Phase, QualifiedName, TableShape,
-    quote_ident,
+    ColumnPair, ColumnsMigration, MigratedTable, MigrationKind, Phase, QualifiedName, TableMove,
+    TableShape, quote_ident,
 };
 use crate::rewrite::{Prefilter, Rewriter};
 
@@ -100,6 +100,8 @@ impl SnapshotError {
 pub struct DatabaseView {
     /// Sorted by table name.
     pub tables: Vec<MigratedTable>,
+    /// Active table moves (`kind = "table"`).
+    pub moves: Vec<Arc<TableMove>>,
     /// The engine for this database under this snapshot (its pre-filter matches the
     /// unqualified names of `tables`).
     pub rewriter: Arc<Rewriter>,
@@ -108,10 +110,22 @@ pub struct DatabaseView {
 impl DatabaseView {
     /// A view of these tables with their rewrite plans; fails when a migration's new column
     /// is missing from its table's shape or an expression does not parse.
-    pub fn new(mut tables: Vec<MigratedTable>) -> Result<DatabaseView, String> {
+    pub fn new(tables: Vec<MigratedTable>) -> Result<DatabaseView, String> {
+        DatabaseView::with_moves(tables, Vec::new())
+    }
+
+    /// [`Self::new`] with table moves too.
+    pub fn with_moves(
+        mut tables: Vec<MigratedTable>,
+        moves: Vec<Arc<TableMove>>,
+    ) -> Result<DatabaseView, String> {
         tables.sort_by(|a, b| a.shape.name.cmp(&b.shape.name));
-        let rewriter = Arc::new(Rewriter::new(&tables)?);
-        Ok(DatabaseView { tables, rewriter })
+        let rewriter = Arc::new(Rewriter::new(&tables, &moves)?);
+        Ok(DatabaseView {
+            tables,
+            moves,
+            rewriter,
+        })
     }
 
     /// The migrated table with exactly this schema-qualified name.
@@ -331,7 +345,16 @@ async fn build_with(
 ) -> Result<Snapshot, SnapshotError> {
     let plan = plan(config)?;
     let mut databases = HashMap::new();
-    for (database, tables) in group(plan.active) {
+    let mut move_dbs: Vec<String> = plan.moves.iter().map(|m| m.database.clone()).collect();
+    let grouped = group(plan.active);
+    for (db, _) in &grouped {
+        move_dbs.retain(|d| d != db);
+    }
+    move_dbs.dedup();
+    let grouped = grouped
+        .into_iter()
+        .chain(move_dbs.into_iter().map(|db| (db, Vec::new())));
+    for (database, tables) in grouped {
         let conn =
             catalog::connect(config, &database)
                 .await
@@ -353,13 +376,24 @@ async fn build_with(
                     .collect(),
             });
         }
-        let view = DatabaseView::new(migrated).map_err(SnapshotError::Rewrite)?;
+        let mut moved = Vec::new();
+        for m in plan.moves.iter().filter(|m| m.database == database) {
+            let entering = previous
+                .and_then(|p| p.phase(&m.name))
+                .is_none_or(|phase| phase == Phase::Planned);
+            if let Some(t) = moves::load(&conn, m, entering, ddl).await? {
+                moved.push(Arc::new(t));
+            }
+        }
+        let view = DatabaseView::with_moves(migrated, moved).map_err(SnapshotError::Rewrite)?;
         databases.insert(database, Arc::new(view));
     }
     let watched_tables: Vec<String> = config
         .migrations
         .iter()
-        .filter_map(|m| QualifiedName::parse(&m.table).ok().map(|n| n.name))
+        .flat_map(|m| [Some(&m.table), m.new_table.as_ref()])
+        .flatten()
+        .filter_map(|t| QualifiedName::parse(t).ok().map(|n| n.name))
         .collect();
     Ok(Snapshot {
         epoch,
@@ -380,12 +414,15 @@ struct Plan<'a> {
     phases: BTreeMap<String, Phase>,
     /// Column migrations not in planned, in config order.
     active: Vec<Active<'a>>,
+    /// Table moves not in planned, in config order.
+    moves: Vec<&'a MigrationConfig>,
 }
 
 fn plan(config: &Config) -> Result<Plan<'_>, SnapshotError> {
     let mut plan = Plan {
         phases: BTreeMap::new(),
         active: Vec::new(),
+        moves: Vec::new(),
     };
     for m in &config.migrations {
         plan.phases.insert(m.name.clone(), m.phase);
@@ -393,16 +430,7 @@ fn plan(config: &Config) -> Result<Plan<'_>, SnapshotError> {
             continue;
         }
         match m.kind {
-            // Acting as if it were in effect while writes go to one table only would lose data.
-            MigrationKind::Table => {
-                return Err(SnapshotError::Invalid {
-                    migration: m.name.clone(),
-                    message: format!(
-                        "table migrations are not supported yet; keep phase = \"planned\" (found {:?})",
-                        m.phase
-                    ),
-                });
-            }
+            MigrationKind::Table => plan.moves.push(m),
             MigrationKind::Columns => plan.active.push(Active {
                 config: m,
                 migration: columns_migration(m)?,
@@ -410,6 +438,7 @@ fn plan(config: &Config) -> Result<Plan<'_>, SnapshotError> {
         }
     }
     check_overlaps(plan.active.iter().map(|a| &a.migration))?;
+    check_move_overlaps(&plan)?;
     Ok(plan)
 }
 
@@ -419,9 +448,10 @@ pub fn columns_migration(m: &MigrationConfig) -> Result<ColumnsMigration, Snapsh
     let table = QualifiedName::parse(&m.table).map_err(|e| SnapshotError::invalid(&m.name, e))?;
     let mut pairs = Vec::with_capacity(m.columns.len());
     for c in &m.columns {
+        let new = c.new.clone().unwrap_or_default();
         let up = c.up.clone().unwrap_or_else(|| quote_ident(&c.old));
-        let down = c.down.clone().unwrap_or_else(|| quote_ident(&c.new));
-        for (which, column, expr) in [("up", &c.new, &up), ("down", &c.old, &down)] {
+        let down = c.down.clone().unwrap_or_else(|| quote_ident(&new));
+        for (which, column, expr) in [("up", &new, &up), ("down", &c.old, &down)] {
             check_expression(expr).map_err(|e| {
                 SnapshotError::invalid(
                     &m.name,
@@ -431,7 +461,7 @@ pub fn columns_migration(m: &MigrationConfig) -> Result<ColumnsMigration, Snapsh
         }
         pairs.push(ColumnPair {
             old: c.old.clone(),
-            new: c.new.clone(),
+            new,
             up,
             down,
         });
@@ -476,6 +506,43 @@ pub fn check_overlaps<'a>(
                     table: a.table.clone(),
                     column: shared.to_owned(),
                 });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A table may be under one active table move, or under column migrations, not both: both
+/// would rewrite the same statements.
+fn check_move_overlaps(plan: &Plan<'_>) -> Result<(), SnapshotError> {
+    let names = |m: &MigrationConfig| {
+        [Some(&m.table), m.new_table.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|t| QualifiedName::parse(t).ok())
+            .map(|t| (m.database.clone(), t))
+            .collect::<Vec<_>>()
+    };
+    for (i, a) in plan.moves.iter().enumerate() {
+        let mine = names(a);
+        let others = plan.moves[i + 1..]
+            .iter()
+            .map(|b| (b.name.clone(), names(b)))
+            .chain(plan.active.iter().map(|c| {
+                (
+                    c.migration.name.clone(),
+                    vec![(c.migration.database.clone(), c.migration.table.clone())],
+                )
+            }));
+        for (other, tables) in others {
+            if let Some((_, table)) = tables.iter().find(|t| mine.contains(t)) {
+                return Err(SnapshotError::invalid(
+                    &a.name,
+                    format!(
+                        "table {table} is also under migration {other:?}; a moved table cannot \
+                         be under another active migration"
+                    ),
+                ));
             }
         }
     }
@@ -641,6 +708,8 @@ async fn check_expressions_compile(
     }
     Ok(())
 }
+
+mod moves;
 
 #[cfg(test)]
 mod tests;

@@ -45,7 +45,7 @@ async fn expand_writes_keep_both_sides_equal_on_real_postgres() {
     let db = fresh_database("rewrite_expand").await;
     let client = db.connect().await;
     client.batch_execute(SCHEMA).await.unwrap();
-    let rw = Rewriter::new(&[fixtures::users_table(Phase::Expand, Phase::Expand)]).unwrap();
+    let rw = Rewriter::new(&[fixtures::users_table(Phase::Expand, Phase::Expand)], &[]).unwrap();
 
     let old_app = rewrite(
         &rw,
@@ -109,7 +109,7 @@ async fn rewritten_statements_keep_the_clients_parameter_types() {
     let db = fresh_database("rewrite_params").await;
     let client = db.connect().await;
     client.batch_execute(SCHEMA).await.unwrap();
-    let rw = Rewriter::new(&[fixtures::users_table(Phase::Expand, Phase::Expand)]).unwrap();
+    let rw = Rewriter::new(&[fixtures::users_table(Phase::Expand, Phase::Expand)], &[]).unwrap();
     for sql in [
         "INSERT INTO users (id, user_name, age) VALUES ($1, $2, $3)",
         "INSERT INTO users (id, user_name, age) VALUES ($1, upper($2), $3)",
@@ -139,7 +139,7 @@ async fn switch_reads_the_new_side_under_old_names_with_old_types() {
         .batch_execute("INSERT INTO users VALUES (1, 'old', '1', 'new', 2)")
         .await
         .unwrap();
-    let rw = Rewriter::new(&[fixtures::users_table(Phase::Switch, Phase::Switch)]).unwrap();
+    let rw = Rewriter::new(&[fixtures::users_table(Phase::Switch, Phase::Switch)], &[]).unwrap();
     let row = client
         .query_one(&rewrite(&rw, "SELECT user_name, age FROM users"), &[])
         .await
@@ -160,7 +160,7 @@ async fn computed_update_values_are_evaluated_once_per_row_on_real_postgres() {
         .batch_execute("INSERT INTO users (id, user_name, age) SELECT g, 'u' || g, '-1' FROM generate_series(1, 50) g")
         .await
         .unwrap();
-    let rw = Rewriter::new(&[fixtures::users_table(Phase::Expand, Phase::Expand)]).unwrap();
+    let rw = Rewriter::new(&[fixtures::users_table(Phase::Expand, Phase::Expand)], &[]).unwrap();
     let n = client
         .execute(
             &rewrite(
@@ -190,7 +190,8 @@ async fn upserts_and_tuple_updates_keep_both_sides_equal_on_real_postgres() {
     let db = fresh_database("rewrite_upsert").await;
     let client = db.connect().await;
     client.batch_execute(SCHEMA).await.unwrap();
-    let expand = Rewriter::new(&[fixtures::users_table(Phase::Expand, Phase::Expand)]).unwrap();
+    let expand =
+        Rewriter::new(&[fixtures::users_table(Phase::Expand, Phase::Expand)], &[]).unwrap();
     let upsert = rewrite(
         &expand,
         "INSERT INTO users AS u (id, user_name, age) VALUES ($1, $2, $3) ON CONFLICT (id) DO UPDATE SET user_name = EXCLUDED.user_name || '!', age = EXCLUDED.age",
@@ -221,8 +222,11 @@ async fn upserts_and_tuple_updates_keep_both_sides_equal_on_real_postgres() {
     );
 
     // Contract: the upsert writes only the new side, EXCLUDED's old name translated.
-    let contract =
-        Rewriter::new(&[fixtures::users_table(Phase::Contract, Phase::Contract)]).unwrap();
+    let contract = Rewriter::new(
+        &[fixtures::users_table(Phase::Contract, Phase::Contract)],
+        &[],
+    )
+    .unwrap();
     let upsert = rewrite(
         &contract,
         "INSERT INTO users (id, user_name, age) VALUES (1, 'zed', '9') ON CONFLICT (id) DO UPDATE SET user_name = excluded.user_name, age = excluded.age",
@@ -249,7 +253,7 @@ async fn insert_select_copies_rows_to_both_sides_on_real_postgres() {
         )
         .await
         .unwrap();
-    let rw = Rewriter::new(&[fixtures::users_table(Phase::Expand, Phase::Expand)]).unwrap();
+    let rw = Rewriter::new(&[fixtures::users_table(Phase::Expand, Phase::Expand)], &[]).unwrap();
     let n = client
         .execute(
             &rewrite(&rw, "INSERT INTO users (id, user_name, age) SELECT id, name || md5(random()::text), '4' FROM people"),
@@ -286,7 +290,7 @@ async fn data_modifying_ctes_dual_write_on_real_postgres() {
         .batch_execute("INSERT INTO users (id, user_name) VALUES (1, 'a'), (2, 'b')")
         .await
         .unwrap();
-    let rw = Rewriter::new(&[fixtures::users_table(Phase::Expand, Phase::Expand)]).unwrap();
+    let rw = Rewriter::new(&[fixtures::users_table(Phase::Expand, Phase::Expand)], &[]).unwrap();
     let rows = client
         .query(
             &rewrite(

@@ -61,6 +61,8 @@ pub struct TablePlan {
     /// `(SELECT … FROM schema.table)`: every column of the referenced shape, computed from
     /// the authoritative side.
     pub derived: String,
+    /// For a table of a table move whose reads are served from the other table: the move.
+    pub moved: Option<Arc<crate::migration::TableMove>>,
 }
 
 impl TablePlan {
@@ -104,6 +106,37 @@ impl TablePlan {
             shape,
             pairs,
             derived,
+            moved: None,
+        })
+    }
+
+    /// The read plan of the non-authoritative table of a move: its name answers with a derived
+    /// table computing its columns (its own types) from the authoritative table.
+    pub fn for_move(moved: &Arc<crate::migration::TableMove>) -> Result<TablePlan, String> {
+        let (shape, source, exprs) = if moved.reads_new() {
+            (&moved.old, &moved.new, &moved.old_from_new)
+        } else {
+            (&moved.new, &moved.old, &moved.new_from_old)
+        };
+        let mut cols = Vec::with_capacity(exprs.len());
+        for (column, expr) in exprs {
+            let ty = &shape
+                .column(column)
+                .expect("resolved from the shape")
+                .type_sql;
+            let value = match expr {
+                Some(e) => ColumnExpr::parse(e)
+                    .map_err(|err| format!("migration {}: {column}: {err}", moved.name))?
+                    .render(quote_ident),
+                None => "NULL".to_owned(),
+            };
+            cols.push(format!("({value})::{ty} AS {}", quote_ident(column)));
+        }
+        Ok(TablePlan {
+            shape: shape.clone(),
+            pairs: Vec::new(),
+            derived: format!("(SELECT {} FROM {})", cols.join(", "), source.name.quoted()),
+            moved: Some(moved.clone()),
         })
     }
 
@@ -131,7 +164,10 @@ impl TablePlan {
     }
 
     pub fn migrations(&self) -> impl Iterator<Item = &str> {
-        self.pairs.iter().map(|p| &*p.migration)
+        self.pairs
+            .iter()
+            .map(|p| &*p.migration)
+            .chain(self.moved.as_deref().map(|m| m.name.as_str()))
     }
 }
 

@@ -5,7 +5,7 @@ use super::*;
 use crate::migration::Phase;
 
 fn users(rename: Phase, retype: Phase) -> Rewriter {
-    Rewriter::new(&[fixtures::users_table(rename, retype)]).unwrap()
+    Rewriter::new(&[fixtures::users_table(rename, retype)], &[]).unwrap()
 }
 
 const EXPAND_DERIVED: &str = "(SELECT id, user_name, age, (user_name)::text AS display_name, (CASE WHEN age ~ '^[0-9]+$' THEN age::integer END)::integer AS age_int FROM public.users)";
@@ -307,7 +307,7 @@ fn a_split_writes_the_old_column_once() {
             })
             .collect(),
     })];
-    let rw = Rewriter::new(&[table as MigratedTable]).unwrap();
+    let rw = Rewriter::new(&[table as MigratedTable], &[]).unwrap();
     assert_eq!(
         rewritten(
             &rw,

@@ -174,10 +174,10 @@ fn planned_migrations_do_not_count_as_active() {
     );
 }
 
-/// A table migration cannot be acted on yet: pretending it is in effect while writes reach
-/// one table only would lose data, so it must stay planned.
+/// A table move leaves planned as a move of its own, and a moved table cannot also be under
+/// a column migration (both would rewrite the same statements).
 #[test]
-fn table_migrations_beyond_planned_are_refused() {
+fn table_moves_are_planned_apart_and_do_not_overlap() {
     let table_migration = |phase: &str| {
         format!(
             "[[migration]]\nname = \"orders_v2\"\ndatabase = \"app\"\n\
@@ -185,18 +185,21 @@ fn table_migrations_beyond_planned_are_refused() {
              key = [\"id\"]\nphase = \"{phase}\"\n"
         )
     };
+    let planned = config(&table_migration("planned"));
+    let p = plan(&planned).unwrap();
+    assert!(p.active.is_empty() && p.moves.is_empty());
+    let expand = config(&table_migration("expand"));
+    let p = plan(&expand).unwrap();
+    assert!(p.active.is_empty());
+    assert_eq!(p.moves.len(), 1);
+    let both = config(&format!(
+        "{}{}",
+        table_migration("expand"),
+        migration("rename", "orders_v2", "expand", &[("a", "b")])
+    ));
+    let err = plan(&both).err().unwrap().to_string();
     assert!(
-        plan(&config(&table_migration("planned")))
-            .unwrap()
-            .active
-            .is_empty()
-    );
-    let err = plan(&config(&table_migration("expand")))
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(
-        err.contains("orders_v2") && err.contains("not supported"),
+        err.contains("orders_v2") && err.contains("rename") && err.contains("another active"),
         "{err}"
     );
 }

@@ -10,6 +10,7 @@
 
 #![allow(dead_code, unused_imports)] // each test binary uses a different part of the harness
 
+pub mod orders;
 pub mod raw;
 pub mod users;
 
