@@ -1,5 +1,5 @@
 //! Rewrite-engine costs: the pre-filter on passthrough statements, a cached rewrite, and cold
-//! parse+rewrite of typical statements (DESIGN §7). Run with `cargo bench --bench rewrite`.
+//! parse+rewrite of typical statements and of a table-move INSERT (DESIGN §7). Run with `cargo bench --bench rewrite`.
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use pgshift::migration::Phase;
@@ -40,6 +40,15 @@ fn benches(c: &mut Criterion) {
             b.iter(|| rw.rewrite(black_box(sql)))
         });
     }
+    let moves = Rewriter::new(&[], &[fixtures::orders_move(Phase::Expand)]).unwrap();
+    let move_insert = "INSERT INTO orders (id, customer, total) VALUES ($1, $2, $3)";
+    assert!(matches!(
+        moves.rewrite(move_insert),
+        pgshift::rewrite::Outcome::Rewritten(_)
+    ));
+    c.bench_function("rewrite_cold/table_move_insert", |b| {
+        b.iter(|| moves.rewrite(black_box(move_insert)))
+    });
     rw.rewrite_cached(update, &[]);
     c.bench_function("rewrite_cached/update", |b| {
         b.iter(|| rw.rewrite_cached(black_box(update), &[]))

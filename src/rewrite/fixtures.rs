@@ -1,11 +1,13 @@
-//! A sample migrated table shared by the engine's unit tests and the criterion benches:
-//! `public.users` with a rename (`user_name` → `display_name`) and a type change
-//! (`age` text → `age_int` integer).
+//! Samples shared by the engine's unit tests and the criterion benches: `public.users` with a
+//! rename (`user_name` → `display_name`) and a type change (`age` text → `age_int` integer),
+//! and the table move `public.orders` → `public.orders_v2` (`total` numeric → `total_cents`
+//! bigint, `note` dropped).
 
 use std::sync::Arc;
 
 use crate::migration::{
-    ColumnInfo, ColumnPair, ColumnsMigration, MigratedTable, Phase, QualifiedName, TableShape,
+    ColumnInfo, ColumnPair, ColumnsMigration, MigratedTable, Phase, QualifiedName, TableMove,
+    TableShape,
 };
 
 fn col(name: &str, oid: u32, ty: &str) -> ColumnInfo {
@@ -66,4 +68,48 @@ pub fn users_table(rename: Phase, retype: Phase) -> MigratedTable {
             ),
         ],
     }
+}
+
+/// The sample table move in `phase`.
+pub fn orders_move(phase: Phase) -> Arc<TableMove> {
+    let shape = |name: &str, columns: Vec<ColumnInfo>| TableShape {
+        name: QualifiedName::parse(name).unwrap(),
+        columns,
+        key: vec!["id".into()],
+    };
+    let some = |s: &str| Some(s.to_owned());
+    Arc::new(TableMove {
+        name: "orders_v2".into(),
+        database: "app".into(),
+        phase,
+        old: shape(
+            "public.orders",
+            vec![
+                col("id", 20, "bigint"),
+                col("customer", 25, "text"),
+                col("total", 1700, "numeric(12,2)"),
+                col("note", 25, "text"),
+            ],
+        ),
+        new: shape(
+            "public.orders_v2",
+            vec![
+                col("id", 20, "bigint"),
+                col("customer", 25, "text"),
+                col("total_cents", 20, "bigint"),
+            ],
+        ),
+        key: vec!["id".into()],
+        new_from_old: vec![
+            ("id".into(), some("id")),
+            ("customer".into(), some("customer")),
+            ("total_cents".into(), some("(total * 100)::bigint")),
+        ],
+        old_from_new: vec![
+            ("id".into(), some("id")),
+            ("customer".into(), some("customer")),
+            ("total".into(), some("total_cents / 100.0")),
+            ("note".into(), None),
+        ],
+    })
 }

@@ -452,3 +452,84 @@ fn pick_phase(rng: &mut rand::rngs::StdRng, phases: &[Phase]) -> Phase {
     use rand::RngExt;
     phases[rng.random_range(0..phases.len())]
 }
+
+fn moves(phase: Phase) -> Rewriter {
+    Rewriter::new(&[], &[fixtures::orders_move(phase)]).unwrap()
+}
+
+#[test]
+fn table_move_reads_come_from_the_authoritative_table() {
+    let expand = moves(Phase::Expand);
+    assert_eq!(expand.rewrite("SELECT * FROM orders"), Outcome::Unchanged);
+    let read_new = rewritten(&expand, "SELECT total_cents FROM orders_v2 WHERE id = $1");
+    assert!(
+        read_new.contains("(((total * 100)::bigint))::bigint AS total_cents")
+            && read_new.contains("FROM public.orders) AS orders_v2"),
+        "{read_new}"
+    );
+    let switch = moves(Phase::Switch);
+    assert_eq!(
+        switch.rewrite("SELECT * FROM orders_v2"),
+        Outcome::Unchanged
+    );
+    let read_old = rewritten(&switch, "SELECT o.note FROM orders o");
+    assert!(
+        read_old.contains("(NULL)::text AS note") && read_old.contains("FROM public.orders_v2) o"),
+        "{read_old}"
+    );
+}
+
+#[test]
+fn table_move_writes_mirror_onto_the_other_table_in_one_statement() {
+    let expand = moves(Phase::Expand);
+    let insert = rewritten(
+        &expand,
+        "INSERT INTO orders (id, customer, total) VALUES ($1, $2, $3)",
+    );
+    assert!(
+        insert.starts_with(
+            "WITH pgshift_w AS (INSERT INTO orders (id, customer, total) VALUES ($1, $2, $3) RETURNING *) \
+             INSERT INTO public.orders_v2 (id, customer, total_cents) SELECT"
+        ) && insert.ends_with("ON CONFLICT (id) DO UPDATE SET id = EXCLUDED.id, customer = EXCLUDED.customer, total_cents = EXCLUDED.total_cents"),
+        "{insert}"
+    );
+    let update = rewritten(
+        &expand,
+        "UPDATE orders SET total = $1 WHERE id = $2 RETURNING *",
+    );
+    assert!(
+        update.starts_with("WITH pgshift_u AS MATERIALIZED (SELECT orders.id AS pgshift_c1")
+            && update.contains("($1)::numeric(12,2) AS pgshift_s1")
+            && update.contains("FOR UPDATE OF orders")
+            && update.ends_with("RETURNING orders.*"),
+        "{update}"
+    );
+    let contract = moves(Phase::Contract);
+    let delete = rewritten(&contract, "DELETE FROM orders WHERE customer = $1");
+    assert!(
+        delete.contains("DELETE FROM public.orders_v2 AS pgshift_t USING pgshift_d")
+            && !delete.contains("pgshift_m"),
+        "contract writes the new table only: {delete}"
+    );
+    assert_eq!(
+        contract.rewrite("DELETE FROM orders_v2 WHERE id = 1"),
+        Outcome::Unchanged
+    );
+}
+
+#[test]
+fn table_move_refusals_name_the_migration() {
+    let expand = moves(Phase::Expand);
+    for sql in [
+        "TRUNCATE orders",
+        "COPY orders_v2 FROM STDIN",
+        "ALTER TABLE orders ADD COLUMN x int",
+        "UPDATE orders SET id = 2 WHERE id = 1",
+        "WITH w AS (DELETE FROM orders RETURNING id) SELECT * FROM w",
+    ] {
+        match expand.rewrite(sql) {
+            Outcome::Refused(r) => assert_eq!(r.migration, "orders_v2", "{sql}"),
+            other => panic!("{sql}: {other:?}"),
+        }
+    }
+}
