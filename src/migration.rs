@@ -197,6 +197,9 @@ pub struct ColumnInfo {
     pub not_null: bool,
     /// The default expression (`pg_get_expr(adbin, adrelid)`), if any.
     pub default: Option<String>,
+    /// A generated column (`GENERATED ALWAYS AS … STORED`): computed by PostgreSQL, never
+    /// written.
+    pub generated: bool,
 }
 
 /// A table's physical shape: live columns in physical order.

@@ -333,6 +333,11 @@ impl Rewriter {
 
     /// Resolves a table reference as written (1 or 2 parts) to a migrated table.
     fn resolve(&self, name: &[Ident]) -> Option<&Arc<TablePlan>> {
+        // `database.schema.table`: PostgreSQL accepts only the current database there.
+        let name = match name {
+            [_, rest @ ..] if rest.len() == 2 => rest,
+            other => other,
+        };
         match name {
             [table] => {
                 let table = normalize_ident(table);
@@ -363,6 +368,11 @@ impl Rewriter {
             ]
         };
         let all = self.moves.iter().flat_map(sides);
+        // `database.schema.table`: PostgreSQL accepts only the current database there.
+        let name = match name {
+            [_, rest @ ..] if rest.len() == 2 => rest,
+            other => other,
+        };
         match name {
             [table] => {
                 let table = normalize_ident(table);
@@ -391,6 +401,16 @@ impl Rewriter {
             .iter()
             .filter(|t| lower.contains(&t.name().name.to_lowercase()))
             .flat_map(|t| t.migrations())
+            .chain(
+                self.moves
+                    .iter()
+                    .filter(|m| {
+                        [&m.moved.old.name, &m.moved.new.name]
+                            .iter()
+                            .any(|n| lower.contains(&n.name.to_lowercase()))
+                    })
+                    .map(|m| m.moved.name.as_str()),
+            )
             .collect();
         names.dedup();
         Refusal {

@@ -89,6 +89,7 @@ async fn load_shape_reads_columns_in_order_with_types_defaults_and_the_key() {
                 type_sql: type_sql.into(),
                 not_null,
                 default: default.map(Into::into),
+                generated: false,
             }
         };
     assert_eq!(shape.name, name);

@@ -17,6 +17,7 @@ fn col(name: &str, oid: u32, ty: &str) -> ColumnInfo {
         type_sql: ty.into(),
         not_null: false,
         default: None,
+        generated: false,
     }
 }
 

@@ -29,7 +29,6 @@ use super::scope::{self, idents};
 use super::splice::{Edits, LineIndex};
 use super::{Refusal, Rewriter};
 use crate::migration::{TableMove, TableShape, quote_ident};
-use sqlparser::ast::Spanned;
 
 /// Which table of a move a statement names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +90,15 @@ impl MovePlan {
         }
     }
 
+    /// [`Self::fed`] for writing `side`: generated columns are PostgreSQL's to compute.
+    fn written(&self, side: Side) -> impl Iterator<Item = (&String, &ColumnExpr)> {
+        let shape = self.shape(side);
+        self.fed(side).iter().filter_map(move |(c, e)| {
+            let generated = shape.column(c).is_some_and(|info| info.generated);
+            e.as_ref().filter(|_| !generated).map(|e| (c, e))
+        })
+    }
+
     pub fn refuse(&self, reason: impl Into<String>) -> Refusal {
         Refusal {
             migration: self.moved.name.clone(),
@@ -127,8 +135,7 @@ impl MovePlan {
     fn upsert(&self, side: Side, source: &str, mut col: impl FnMut(&str) -> String) -> String {
         let mut names = Vec::new();
         let mut values = Vec::new();
-        for (column, expr) in self.fed(side) {
-            let Some(expr) = expr else { continue };
+        for (column, expr) in self.written(side) {
             names.push(quote_ident(column));
             values.push(format!(
                 "{}::{}",
@@ -208,12 +215,11 @@ pub fn rewrite(
         Statement::Query(_) | Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_)
     ) {
         // COPY, TRUNCATE, DDL, …: the visitor does not see every table name they hold, so any
-        // mention of either table (as a word) refuses them.
-        let text = index.range(statement.span()).map(|r| &index.text()[r]);
+        // mention of either table (as a word) in the statement refuses it. The printed form is
+        // only searched, never sent (transaction control and the like name no table).
+        let text = statement.to_string();
         let named = rw.moves.iter().find(|m| {
-            text.is_none_or(|t| {
-                mentions(t, &m.moved.old.name.name) || mentions(t, &m.moved.new.name.name)
-            })
+            mentions(&text, &m.moved.old.name.name) || mentions(&text, &m.moved.new.name.name)
         })?;
         return Some(Err(named.refuse(format!(
             "{} on a table of a table move is not supported",
@@ -378,6 +384,8 @@ impl Clauses {
         let mut list: Vec<(Keyword, usize, Range<usize>)> = Vec::new();
         let mut depth = 0i32;
         let mut end = start;
+        // `IS [NOT] DISTINCT FROM` is an operator, not a FROM clause.
+        let mut after_distinct = false;
         for t in &tokens {
             let r = match &t.token {
                 Token::Whitespace(_) => continue,
@@ -394,6 +402,7 @@ impl Clauses {
                 Token::Word(w)
                     if depth == 0
                         && keywords.contains(&w.keyword)
+                        && !(w.keyword == Keyword::FROM && after_distinct)
                         && !list.iter().any(|(k, _, _)| *k == w.keyword) =>
                 {
                     if let Some(last) = list.last_mut() {
@@ -405,6 +414,7 @@ impl Clauses {
                 }
                 _ => {}
             }
+            after_distinct = matches!(&t.token, Token::Word(w) if w.keyword == Keyword::DISTINCT);
             if let Some(last) = list.last_mut() {
                 if last.2.is_empty() {
                     last.2.start = s;
@@ -464,6 +474,13 @@ mod tests {
         assert_eq!(body(Keyword::WHERE), Some("t.id = u.id"));
         assert_eq!(body(Keyword::RETURNING), Some("a"));
         assert_eq!(&text[..c.end], &text[..text.find(';').unwrap()]);
+        let text = "UPDATE t SET a = 1 WHERE a IS DISTINCT FROM 2";
+        let c = Clauses::scan(text, 0, &[Keyword::SET, Keyword::FROM, Keyword::WHERE]).unwrap();
+        assert_eq!(c.body(Keyword::FROM), None);
+        assert_eq!(
+            c.body(Keyword::WHERE).map(|r| &text[r]),
+            Some("a IS DISTINCT FROM 2")
+        );
     }
 
     #[test]

@@ -533,3 +533,19 @@ fn table_move_refusals_name_the_migration() {
         }
     }
 }
+
+#[test]
+fn transaction_control_beside_a_table_move_passes() {
+    let expand = moves(Phase::Expand);
+    for sql in [
+        "BEGIN; UPDATE orders SET note = 'tx' WHERE id = 1; COMMIT",
+        "SET statement_timeout = '5s'; SELECT * FROM orders",
+        "START TRANSACTION; SAVEPOINT s; DELETE FROM orders_v2 WHERE id = 1; RELEASE SAVEPOINT s; COMMIT",
+    ] {
+        assert!(
+            !matches!(expand.rewrite(sql), Outcome::Refused(_)),
+            "{sql}: {:?}",
+            expand.rewrite(sql)
+        );
+    }
+}

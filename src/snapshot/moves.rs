@@ -76,11 +76,21 @@ pub fn resolve(m: &MigrationConfig, old: TableShape, new: TableShape) -> Result<
     }
     for k in &m.key {
         for shape in [&old, &new] {
-            if shape.column(k).is_none() {
-                return Err(format!(
-                    "key column {k:?} does not exist in table {}",
-                    shape.name
-                ));
+            match shape.column(k) {
+                None => {
+                    return Err(format!(
+                        "key column {k:?} does not exist in table {}",
+                        shape.name
+                    ));
+                }
+                // NULL never matches a key, so such rows could not be mirrored.
+                Some(c) if !c.not_null => {
+                    return Err(format!(
+                        "key column {k:?} of table {} must be NOT NULL",
+                        shape.name
+                    ));
+                }
+                Some(_) => {}
             }
         }
     }
@@ -127,7 +137,7 @@ pub fn resolve(m: &MigrationConfig, old: TableShape, new: TableShape) -> Result<
             }
             None => None,
         };
-        if source.is_none() && col.not_null && col.default.is_none() {
+        if source.is_none() && col.not_null && col.default.is_none() && !col.generated {
             return Err(format!(
                 "NOT NULL column {:?} of {} has no default and nothing feeds it; map it with a \
                  [[migration.columns]] entry",
@@ -221,6 +231,7 @@ mod tests {
                     type_sql: "text".into(),
                     not_null: *not_null,
                     default: has_default.then(|| "x".into()),
+                    generated: false,
                 })
                 .collect(),
             key: key.iter().map(|k| (*k).into()).collect(),
@@ -296,6 +307,7 @@ mod tests {
             type_sql: "text".into(),
             not_null: true,
             default: None,
+            generated: false,
         });
         let err = resolve(&migration(MAPPED), orders(), v2).unwrap_err();
         assert!(

@@ -41,6 +41,7 @@ fn shape(schema: &str, name: &str, columns: &[&str]) -> TableShape {
                 type_sql: "text".into(),
                 not_null: false,
                 default: None,
+                generated: false,
             })
             .collect(),
         key: vec![],

@@ -36,9 +36,15 @@ impl Writer<'_> {
             .ok_or_else(|| plan.refuse("INSERT without a source"))?;
         let clauses = self.clauses(&[Keyword::RETURNING])?;
         let listed: Vec<String> = if insert.columns.is_empty() {
+            // Without a column list the rows fill the leading columns; the rest default.
+            let width = match source.body.as_ref() {
+                sqlparser::ast::SetExpr::Values(v) => v.rows.first().map_or(0, |r| r.len()),
+                _ => plan.shape(named).columns.len(),
+            };
             plan.shape(named)
                 .columns
                 .iter()
+                .take(width)
                 .map(|c| c.name.clone())
                 .collect()
         } else {
@@ -71,8 +77,7 @@ impl Writer<'_> {
             self.source_with_types(source, source_start..source_end, &listed, named)?;
         let mut names = Vec::new();
         let mut values = Vec::new();
-        for (column, expr) in plan.fed(auth) {
-            let Some(expr) = expr else { continue };
+        for (column, expr) in plan.written(auth) {
             let uses: Vec<&str> = expr.columns().collect();
             if uses.is_empty() || !uses.iter().any(|u| listed.iter().any(|l| l == u)) {
                 continue; // the authoritative table's default applies
@@ -85,9 +90,15 @@ impl Writer<'_> {
                 )));
             }
             names.push(quote_ident(column));
+            // Each source column as the named table's type, as the client's INSERT would have
+            // coerced it (untyped literals of an INSERT … SELECT included).
             values.push(format!(
                 "{}::{}",
-                expr.render(|c| format!("pgshift_v.{}", quote_ident(c))),
+                expr.render(|c| format!(
+                    "CAST(pgshift_v.{} AS {})",
+                    quote_ident(c),
+                    plan.type_of(named, c)
+                )),
                 plan.type_of(auth, column)
             ));
         }
@@ -275,8 +286,7 @@ impl Writer<'_> {
             }
         };
         let mut list = Vec::new();
-        for (column, expr) in plan.fed(auth) {
-            let Some(expr) = expr else { continue };
+        for (column, expr) in plan.written(auth) {
             if !expr.columns().any(|c| sets.iter().any(|(s, _)| s == c)) {
                 continue;
             }

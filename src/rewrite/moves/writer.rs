@@ -75,6 +75,26 @@ impl<'a> Writer<'a> {
             }
             _ => {}
         }
+        // `schema.table.column` naming the target: the target may become a derived table,
+        // which only a `table.column` reference reaches.
+        let named = plan.shape(side).name.clone();
+        let mut bad = false;
+        let _ = sqlparser::ast::visit_expressions(statement, |e| {
+            if let Expr::CompoundIdentifier(parts) = e
+                && let [schema, table, column] = parts.as_slice()
+                && normalize_ident(schema) == named.schema
+                && normalize_ident(table) == named.name
+            {
+                match index.range(e.span()) {
+                    Some(r) => reads.replace(r, format!("{table}.{column}")),
+                    None => bad = true,
+                }
+            }
+            std::ops::ControlFlow::<()>::Continue(())
+        });
+        if bad {
+            return Err(plan.refuse("cannot locate a schema-qualified column reference"));
+        }
         Ok(Writer {
             plan,
             side,
@@ -115,6 +135,19 @@ impl<'a> Writer<'a> {
                     }
                 }
                 SelectItem::UnnamedExpr(e) => {
+                    if let Expr::Identifier(i) = e
+                        && self
+                            .plan
+                            .shape(self.side)
+                            .column(&normalize_ident(i))
+                            .is_none()
+                    {
+                        return Err(self.plan.refuse(format!(
+                            "RETURNING {} (a whole-row reference) on a table of a table move is \
+                             not supported; list the columns",
+                            i.value
+                        )));
+                    }
                     out.push((self.piece(range)?, output_name(e)));
                 }
                 SelectItem::ExprWithAlias { alias, .. } => {
@@ -155,6 +188,19 @@ impl<'a> Writer<'a> {
     /// a row the backfill already copied is overwritten with the client's); otherwise a plain
     /// INSERT, whose unique violation on the authoritative table is the client's error.
     pub(super) fn dual_insert(&self, insert: &Insert, conflict: bool) -> Result<String, Refusal> {
+        if let Some(sqlparser::ast::OnInsert::OnConflict(c)) = &insert.on
+            && let sqlparser::ast::OnConflictAction::DoUpdate(update) = &c.action
+            && let Some(key) = update.assignments.iter().find_map(|a| match &a.target {
+                AssignmentTarget::ColumnName(n) => idents(n)
+                    .and_then(|i| i.last().map(normalize_ident))
+                    .filter(|c| self.plan.moved.key.contains(c)),
+                AssignmentTarget::Tuple(_) => Some("(…)".to_owned()),
+            })
+        {
+            return Err(self.plan.refuse(format!(
+                "ON CONFLICT DO UPDATE of key column {key} of a table move is not supported"
+            )));
+        }
         let clauses = self.clauses(&[Keyword::RETURNING])?;
         let body_end = clauses
             .keyword_start(Keyword::RETURNING)
@@ -441,6 +487,22 @@ impl<'a> Writer<'a> {
         side: Side,
     ) -> Result<String, Refusal> {
         let SetExpr::Values(values) = source.body.as_ref() else {
+            // A parameter inside the wrapped SELECT would be typed text there, not as the
+            // column it is inserted into.
+            let mut has_param = false;
+            let _ = sqlparser::ast::visit_expressions(source, |e| {
+                if matches!(e, Expr::Value(v) if matches!(v.value, sqlparser::ast::Value::Placeholder(_)))
+                {
+                    has_param = true;
+                }
+                std::ops::ControlFlow::<()>::Continue(())
+            });
+            if has_param {
+                return Err(self.plan.refuse(
+                    "INSERT … SELECT with parameters on a table of a table move, in this \
+                     phase, is not supported; use VALUES",
+                ));
+            }
             let text = self.piece(range)?;
             return Ok(format!("SELECT * FROM ({text}) AS pgshift_s"));
         };
@@ -528,8 +590,7 @@ impl<'a> Writer<'a> {
             },
         };
         let mut set_list = Vec::new();
-        for (column, expr) in self.plan.fed(auth) {
-            let Some(expr) = expr else { continue };
+        for (column, expr) in self.plan.written(auth) {
             if !expr.columns().any(|c| set_names.contains(&c)) {
                 continue;
             }
@@ -551,12 +612,8 @@ impl<'a> Writer<'a> {
             let mut names = Vec::new();
             let mut values = Vec::new();
             for (i, c) in columns.iter().enumerate() {
-                let fed = self
-                    .plan
-                    .fed(named)
-                    .iter()
-                    .any(|(n, e)| n == &c.name && e.is_some());
-                if !fed && !set_names.contains(&c.name.as_str()) {
+                let fed = self.plan.written(named).any(|(n, _)| n == &c.name);
+                if c.generated || (!fed && !set_names.contains(&c.name.as_str())) {
                     continue;
                 }
                 names.push(quote_ident(&c.name));
@@ -721,11 +778,36 @@ fn output_name(expr: &Expr) -> String {
         Expr::Cast {
             expr, data_type, ..
         } => match output_name(expr).as_str() {
-            "?column?" => data_type.to_string().to_lowercase(),
+            "?column?" => internal_type_name(&data_type.to_string().to_lowercase()),
             name => name.to_owned(),
         },
+        Expr::Case { .. } => "case".into(),
+        Expr::Exists { .. } => "exists".into(),
+        Expr::Array(_) => "array".into(),
         _ => "?column?".into(),
     }
+}
+
+/// The name PostgreSQL gives a cast's output column: the type's internal name.
+fn internal_type_name(sql: &str) -> String {
+    let base = sql.split('(').next().unwrap_or(sql).trim();
+    match base {
+        "bigint" | "int8" => "int8",
+        "integer" | "int" | "int4" => "int4",
+        "smallint" | "int2" => "int2",
+        "boolean" | "bool" => "bool",
+        "double precision" | "float8" => "float8",
+        "real" | "float4" => "float4",
+        "character varying" | "varchar" => "varchar",
+        "character" | "char" => "bpchar",
+        "decimal" | "numeric" => "numeric",
+        "timestamp with time zone" | "timestamptz" => "timestamptz",
+        "timestamp" | "timestamp without time zone" => "timestamp",
+        "time with time zone" | "timetz" => "timetz",
+        "time" | "time without time zone" => "time",
+        other => other,
+    }
+    .to_owned()
 }
 
 /// A node whose reads the scope walk substitutes.
@@ -760,6 +842,8 @@ mod tests {
         assert_eq!(output_name(&expr("lower(customer)")), "lower");
         assert_eq!(output_name(&expr("total::text")), "total");
         assert_eq!(output_name(&expr("1::text")), "text");
+        assert_eq!(output_name(&expr("1::bigint")), "int8");
+        assert_eq!(output_name(&expr("CASE WHEN a THEN 1 END")), "case");
         assert_eq!(output_name(&expr("total + 1")), "?column?");
     }
 
