@@ -237,7 +237,12 @@ impl Rewriter {
     fn old_name_migrations(&self, statements: &[Statement]) -> Vec<Arc<str>> {
         let mut found: Vec<Arc<str>> = Vec::new();
         for statement in statements {
-            for (plan, side) in moves::touched(self, statement) {
+            let moved = if self.moves.is_empty() {
+                Vec::new()
+            } else {
+                moves::touched(self, statement)
+            };
+            for (plan, side) in moved {
                 let name: Arc<str> = Arc::from(plan.moved.name.as_str());
                 if side == moves::Side::Old && !found.contains(&name) {
                     found.push(name);
