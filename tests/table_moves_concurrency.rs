@@ -5,7 +5,8 @@
 //! in neither, with equal mapped values.
 //!
 //! Errors a client would also get without pgshift are allowed and counted (a duplicate key
-//! from its own plain INSERT). Deadlocks are counted and allowed too, unless they break the
+//! from its own plain INSERT, decided on its own table or on the authoritative one, `orders` in
+//! expand: the new app's INSERT goes there first, so both apps take locks in one order). Deadlocks are counted and allowed too, unless they break the
 //! rule below: these single-key statements cannot deadlock without pgshift, so their count is
 //! printed for whoever tunes the rewrite's lock order. A failure is a unique violation on the
 //! table the client did not name, any old-app error that mentions `orders_v2` (message, detail,
@@ -179,8 +180,14 @@ fn classify(side: Side, op: Op, e: &tokio_postgres::Error) -> Result<&'static st
         return fault("an old-app error mentions orders_v2");
     }
     let own_key = format!("{}_pkey", side.table());
+    // In expand reads, and so duplicate keys, are decided on the authoritative `orders`.
+    let authoritative_key = "orders_pkey";
     match code {
-        "23505" if op == Op::Insert && db.constraint() == Some(own_key.as_str()) => {
+        "23505"
+            if op == Op::Insert
+                && (db.constraint() == Some(own_key.as_str())
+                    || db.constraint() == Some(authoritative_key)) =>
+        {
             Ok("duplicate key (own INSERT)")
         }
         "23505" => fault("unique violation not from the client's own INSERT"),

@@ -297,8 +297,15 @@ pub fn rewrite(
             Statement::Insert(i) if side == auth => w.dual_insert(i, true),
             Statement::Update(u) if side == auth => w.dual_update(u),
             Statement::Delete(d) if side == auth => w.dual_delete(d),
-            // In expand the backfill may not have copied a conflicting row to the named table
-            // yet: the conflict is decided on the authoritative one.
+            // Every write takes the authoritative table's locks first (UPDATE/DELETE lock its
+            // rows in their CTE), so concurrent writers naming either table cannot deadlock on
+            // opposite orders. In expand an INSERT naming the new table therefore goes to the
+            // old table first — which also decides a conflict where the rows are, since the
+            // backfill may not have copied them yet — unless it writes a column the old table
+            // has no counterpart for.
+            Statement::Insert(i) if !moved.reads_new() && w.translatable(i, auth) => {
+                w.translated_insert(i, auth)
+            }
             Statement::Insert(i)
                 if moved.dual_writes() && (i.on.is_none() || moved.reads_new()) =>
             {

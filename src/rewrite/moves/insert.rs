@@ -27,6 +27,34 @@ use super::writer::{Writer, insert_qualifier};
 use crate::migration::quote_ident;
 
 impl Writer<'_> {
+    /// Whether every column this INSERT writes has a counterpart in `auth` (so its value
+    /// survives going there first).
+    pub(super) fn translatable(&self, insert: &Insert, auth: Side) -> bool {
+        let plan = self.plan;
+        let listed: Vec<String> = if insert.columns.is_empty() {
+            plan.shape(self.side)
+                .columns
+                .iter()
+                .map(|c| c.name.clone())
+                .collect()
+        } else {
+            match insert
+                .columns
+                .iter()
+                .map(|c| idents(c).and_then(|i| i.last().map(normalize_ident)))
+                .collect::<Option<Vec<_>>>()
+            {
+                Some(l) => l,
+                None => return false,
+            }
+        };
+        listed.iter().all(|c| {
+            plan.fed(auth)
+                .iter()
+                .any(|(_, e)| e.as_ref().is_some_and(|e| e.columns().any(|u| u == *c)))
+        })
+    }
+
     pub(super) fn translated_insert(&self, insert: &Insert, auth: Side) -> Result<String, Refusal> {
         let named = self.side;
         let plan = self.plan;
