@@ -89,6 +89,49 @@ impl Scenario {
     }
 }
 
+/// `(user_name, display_name, age, age_int)` of one row, read directly.
+pub type Sides = (Option<String>, Option<String>, Option<String>, Option<i32>);
+
+/// SCENARIO.md step 7: rows `a` and `b` of `phase`, both sides written in expand and switch,
+/// only the new side in contract.
+pub fn expected_sides(phase: &str) -> Vec<Sides> {
+    let s = |v: &str| Some(v.to_owned());
+    if phase == "contract" {
+        vec![
+            (None, s("old-a"), None, Some(9)),
+            (None, s("renamed"), None, Some(8)),
+        ]
+    } else {
+        vec![
+            (s("old-a"), s("old-a"), s("9"), Some(9)),
+            (s("renamed"), s("renamed"), s("8"), Some(8)),
+        ]
+    }
+}
+
+impl Scenario {
+    /// SCENARIO.md step 7 on the harness's direct connection.
+    pub async fn check_direct(&self, driver: &str, phase: &str, a: i32, b: i32) {
+        let rows: Vec<Sides> = self
+            .env
+            .direct
+            .query(
+                "SELECT user_name, display_name, age, age_int FROM users WHERE id IN ($1, $2) ORDER BY id",
+                &[&a, &b],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect();
+        assert_eq!(
+            rows,
+            expected_sides(phase),
+            "{driver} {phase}: the table, read directly"
+        );
+    }
+}
+
 type Row = (
     i32,
     Option<String>,

@@ -180,12 +180,9 @@ async fn sel_old(conn: &mut PgConnection, id: i32, phase: &str) -> Option<(Strin
     ))
 }
 
-/// `user_name, display_name, age, age_int`.
-type Sides = (Option<String>, Option<String>, Option<String>, Option<i32>);
-
 /// SCENARIO.md step 7.
 async fn check_direct(direct: &mut PgConnection, phase: &str, a: i32, b: i32) {
-    let rows: Vec<Sides> = sqlx::query(
+    let rows: Vec<super::Sides> = sqlx::query(
         "SELECT user_name, display_name, age, age_int FROM users WHERE id IN ($1, $2) ORDER BY id",
     )
     .bind(a)
@@ -203,17 +200,9 @@ async fn check_direct(direct: &mut PgConnection, phase: &str, a: i32, b: i32) {
         )
     })
     .collect();
-    let s = |v: &str| Some(v.to_owned());
-    let expected = if phase == "contract" {
-        vec![
-            (None, s("old-a"), None, Some(9)),
-            (None, s("renamed"), None, Some(8)),
-        ]
-    } else {
-        vec![
-            (s("old-a"), s("old-a"), s("9"), Some(9)),
-            (s("renamed"), s("renamed"), s("8"), Some(8)),
-        ]
-    };
-    assert_eq!(rows, expected, "{phase}: the table, read directly");
+    assert_eq!(
+        rows,
+        super::expected_sides(phase),
+        "sqlx {phase}: the table, read directly"
+    );
 }
