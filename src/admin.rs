@@ -12,6 +12,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::control::jobs::{BackfillAction, StartOptions};
 use crate::control::machine::Request;
 use crate::control::{ControlPlane, Source};
 use crate::migration::Phase;
@@ -40,11 +41,39 @@ pub enum Command {
         name: Option<String>,
         limit: i64,
     },
+    Backfill {
+        name: String,
+        action: BackfillAction,
+    },
+    Verify {
+        name: String,
+        chunk: Option<u32>,
+    },
     Shutdown,
 }
 
 const USAGE: &str = "commands: status | phase NAME PHASE [force] | rollback NAME | complete NAME \
-                     | reload | connections | events [NAME] [limit=N] | shutdown";
+                     | backfill NAME start [batch=N] [rate=N] | backfill NAME pause|resume|cancel \
+                     | verify NAME [chunk=N] | reload | connections | events [NAME] [limit=N] \
+                     | shutdown";
+
+/// `key=N` with N a positive number (`rate` may be 0).
+fn number(arg: &str, key: &str, zero_ok: bool) -> Result<Option<u32>, String> {
+    let Some(value) = arg.strip_prefix(key).and_then(|r| r.strip_prefix('=')) else {
+        return Ok(None);
+    };
+    value
+        .parse::<u32>()
+        .ok()
+        .filter(|n| zero_ok || *n > 0)
+        .map(Some)
+        .ok_or_else(|| {
+            format!(
+                "{key} must be a {} number: {value:?}",
+                if zero_ok { "non-negative" } else { "positive" }
+            )
+        })
+}
 
 impl Command {
     pub fn parse(line: &str) -> Result<Command, String> {
@@ -95,6 +124,49 @@ impl Command {
                 }
                 Ok(Command::Events { name, limit })
             }
+            "backfill" => {
+                const BACKFILL_USAGE: &str = "usage: backfill NAME start [batch=N] [rate=N] | backfill NAME pause|resume|cancel";
+                let [name, action, options @ ..] = args else {
+                    return Err(BACKFILL_USAGE.into());
+                };
+                let action = match (*action, options) {
+                    ("start", options) => {
+                        let mut start = StartOptions::default();
+                        for option in options {
+                            if let Some(n) = number(option, "batch", false)? {
+                                start.batch = Some(n);
+                            } else if let Some(n) = number(option, "rate", true)? {
+                                start.rate = Some(n);
+                            } else {
+                                return Err(format!("unknown option {option:?}; {BACKFILL_USAGE}"));
+                            }
+                        }
+                        BackfillAction::Start(start)
+                    }
+                    ("pause", []) => BackfillAction::Pause,
+                    ("resume", []) => BackfillAction::Resume,
+                    ("cancel", []) => BackfillAction::Cancel,
+                    _ => return Err(BACKFILL_USAGE.into()),
+                };
+                Ok(Command::Backfill {
+                    name: (*name).to_owned(),
+                    action,
+                })
+            }
+            "verify" => match args {
+                [name] => Ok(Command::Verify {
+                    name: (*name).to_owned(),
+                    chunk: None,
+                }),
+                [name, option] => match number(option, "chunk", false)? {
+                    Some(n) => Ok(Command::Verify {
+                        name: (*name).to_owned(),
+                        chunk: Some(n),
+                    }),
+                    None => Err("usage: verify NAME [chunk=N]".into()),
+                },
+                _ => Err("usage: verify NAME [chunk=N]".into()),
+            },
             _ => Err(format!("unknown command {verb:?}; {USAGE}")),
         }
     }
@@ -205,7 +277,7 @@ fn error(message: impl Into<String>) -> Value {
 }
 
 /// Runs one command and returns its reply.
-pub async fn execute(plane: &ControlPlane, command: Command) -> Value {
+pub async fn execute(plane: &Arc<ControlPlane>, command: Command) -> Value {
     match command {
         Command::Status => plane.status().await,
         Command::Phase { name, phase, force } => {
@@ -236,6 +308,14 @@ pub async fn execute(plane: &ControlPlane, command: Command) -> Value {
         }),
         Command::Events { name, limit } => match plane.events(name.as_deref(), limit).await {
             Ok(events) => json!({"ok": true, "events": events}),
+            Err(e) => error(e),
+        },
+        Command::Backfill { name, action } => match plane.backfill_command(&name, action).await {
+            Ok(record) => json!({"ok": true, "migration": name, "backfill": record}),
+            Err(e) => error(e),
+        },
+        Command::Verify { name, chunk } => match plane.verify_command(&name, chunk).await {
+            Ok(record) => json!({"ok": true, "migration": name, "verify": record}),
             Err(e) => error(e),
         },
         Command::Shutdown => {
@@ -300,6 +380,30 @@ mod tests {
             })
         );
         assert_eq!(
+            Command::parse("backfill m start batch=500 rate=0"),
+            Ok(Command::Backfill {
+                name: "m".into(),
+                action: BackfillAction::Start(StartOptions {
+                    batch: Some(500),
+                    rate: Some(0)
+                })
+            })
+        );
+        assert_eq!(
+            Command::parse("backfill m cancel"),
+            Ok(Command::Backfill {
+                name: "m".into(),
+                action: BackfillAction::Cancel
+            })
+        );
+        assert_eq!(
+            Command::parse("verify m chunk=100"),
+            Ok(Command::Verify {
+                name: "m".into(),
+                chunk: Some(100)
+            })
+        );
+        assert_eq!(
             Command::parse("events"),
             Ok(Command::Events {
                 name: None,
@@ -319,6 +423,15 @@ mod tests {
             ("status now", "status takes no arguments"),
             ("rollback", "usage: rollback NAME"),
             ("events limit=0", "limit must be a positive number"),
+            ("backfill m", "usage: backfill NAME start"),
+            (
+                "backfill m start batch=0",
+                "batch must be a positive number",
+            ),
+            ("backfill m start speed=9", "unknown option \"speed=9\""),
+            ("backfill m pause now", "usage: backfill NAME start"),
+            ("verify", "usage: verify NAME [chunk=N]"),
+            ("verify m chunk=x", "chunk must be a positive number"),
         ];
         for (line, expected) in cases {
             let err = Command::parse(line).unwrap_err();

@@ -80,7 +80,7 @@ impl CatalogError {
 
 /// A server error as `message (SQLSTATE code)` plus its detail and hint; any other error with
 /// its causes (tokio-postgres' own `Display` says only "db error" / "error communicating…").
-fn describe(e: &tokio_postgres::Error) -> String {
+pub fn describe(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
         let mut s = format!("{} (SQLSTATE {})", db.message(), db.code().code());
         if let Some(detail) = db.detail() {

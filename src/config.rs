@@ -45,6 +45,8 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub control: ControlConfig,
+    #[serde(default)]
+    pub jobs: JobsConfig,
     #[serde(default, rename = "migration")]
     pub migrations: Vec<MigrationConfig>,
 }
@@ -147,6 +149,68 @@ impl Default for ControlConfig {
             poll_interval: default_poll_interval(),
         }
     }
+}
+
+/// `[jobs]`: defaults of the backfill and verify jobs (docs/jobs.md). Read when a job
+/// starts, so a reload applies to the next job.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsConfig {
+    /// Rows per backfill batch (`backfill NAME start batch=N` overrides).
+    #[serde(default = "default_batch_size")]
+    pub batch_size: u32,
+    /// Rows per second, 0 = unthrottled (`start rate=N` overrides).
+    #[serde(default)]
+    pub rate: u32,
+    /// `lock_timeout` of each batch.
+    #[serde(default = "default_job_lock_timeout", with = "humantime_serde")]
+    pub lock_timeout: Duration,
+    /// Failed attempts of one batch in a row before the backfill fails.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Pause while a standby's replay lag exceeds this; `0s` = not checked.
+    #[serde(default, with = "humantime_serde")]
+    pub max_replication_lag: Duration,
+    /// Pause while more sessions of the database wait for a lock; 0 = not checked.
+    #[serde(default)]
+    pub max_lock_waiters: u32,
+    /// Keys per verify chunk.
+    #[serde(default = "default_verify_chunk")]
+    pub verify_chunk: u32,
+    /// Mismatching keys a verify lists.
+    #[serde(default = "default_verify_first_keys")]
+    pub verify_first_keys: u32,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        JobsConfig {
+            batch_size: default_batch_size(),
+            rate: 0,
+            lock_timeout: default_job_lock_timeout(),
+            max_attempts: default_max_attempts(),
+            max_replication_lag: Duration::ZERO,
+            max_lock_waiters: 0,
+            verify_chunk: default_verify_chunk(),
+            verify_first_keys: default_verify_first_keys(),
+        }
+    }
+}
+
+fn default_batch_size() -> u32 {
+    1000
+}
+fn default_job_lock_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_max_attempts() -> u32 {
+    10
+}
+fn default_verify_chunk() -> u32 {
+    10_000
+}
+fn default_verify_first_keys() -> u32 {
+    10
 }
 
 impl Config {
@@ -344,6 +408,7 @@ impl Config {
             ));
         }
         self.validate_control()?;
+        self.validate_jobs()?;
         self.validate_migrations()
     }
 
@@ -378,6 +443,23 @@ impl Config {
                     first.database, other.database
                 ),
             ));
+        }
+        Ok(())
+    }
+
+    fn validate_jobs(&self) -> Result<(), ConfigError> {
+        let j = &self.jobs;
+        for (key, value) in [
+            ("jobs.batch_size", j.batch_size),
+            ("jobs.max_attempts", j.max_attempts),
+            ("jobs.verify_chunk", j.verify_chunk),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if j.lock_timeout.is_zero() {
+            return Err(invalid("jobs.lock_timeout", "must be greater than 0"));
         }
         Ok(())
     }

@@ -15,6 +15,7 @@
 //! never recorded. Other instances pick the change up through `LISTEN pgshift`, with a poll as
 //! fallback ([`ControlPlane::run`]), and report their acknowledged epoch with each heartbeat.
 
+pub mod jobs;
 pub mod machine;
 pub mod store;
 pub mod watch;
@@ -29,7 +30,7 @@ use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use self::machine::{Refusal, Request, Step};
+use self::machine::{Refusal, Request};
 use self::store::{Event, Heartbeat, MigrationRow, State, Txn};
 use crate::catalog::{self, CatalogError, ControlConnection};
 use crate::config::{Config, MigrationConfig};
@@ -102,6 +103,8 @@ pub struct ControlPlane {
     loaded_text: Mutex<Option<String>>,
     /// One reload at a time (watch, SIGHUP and `ctl reload` may coincide).
     reloading: tokio::sync::Mutex<()>,
+    /// The job runners running in this instance.
+    jobs: jobs::Local,
 }
 
 struct Inner {
@@ -164,6 +167,7 @@ impl ControlPlane {
             sync_error: Mutex::new(None),
             loaded_text: Mutex::new(loaded_text),
             reloading: tokio::sync::Mutex::new(()),
+            jobs: jobs::Local::default(),
         });
         match plane.control_db.clone() {
             None => plane.snapshots.publish(Snapshot::empty(1)),
@@ -374,7 +378,8 @@ impl ControlPlane {
             .ok_or_else(|| format!("migration {name:?} is not recorded yet; reload the config"))?;
         let step = machine::decide(row.phase, request, row.facts()).map_err(|Refusal(r)| r)?;
         if step.needs_acks && !step.is_noop() {
-            self.wait_for_acks(row.epoch, step).await?;
+            self.wait_for_acks(row.epoch, &format!("{} → {}", step.from, step.to))
+                .await?;
         }
         let mut inner = self.inner.lock().await;
         let config = inner.config.clone();
@@ -412,6 +417,7 @@ impl ControlPlane {
                 forced: false,
             });
         }
+        jobs::check_transition(row, step.to)?;
         if step.runs_complete_sql {
             run_complete_sql(&config, name).await?;
         }
@@ -436,6 +442,7 @@ impl ControlPlane {
         let mut next = state.clone();
         if let Some(r) = next.migrations.get_mut(name) {
             r.phase = step.to;
+            jobs::forget_on_entering(r);
         }
         next.epoch = epoch;
         let current = self.snapshots.load();
@@ -464,7 +471,7 @@ impl ControlPlane {
 
     /// Waits until every live instance acknowledged `epoch`, up to `[control].ack_timeout`;
     /// on timeout, says who holds the transition back.
-    async fn wait_for_acks(&self, epoch: u64, step: Step) -> Result<(), String> {
+    async fn wait_for_acks(&self, epoch: u64, what: &str) -> Result<(), String> {
         let (timeout, lease) = (
             self.base.control.ack_timeout,
             self.base.control.instance_lease,
@@ -482,10 +489,8 @@ impl ControlPlane {
             if Instant::now() >= deadline {
                 let who: Vec<String> = lagging.iter().map(|i| describe_lagging(i, epoch)).collect();
                 return Err(format!(
-                    "{} → {} waits for every live instance to acknowledge epoch {epoch} \
+                    "{what} waits for every live instance to acknowledge epoch {epoch} \
                      (no transaction begun before it still open); gave up after {}: {}",
-                    step.from,
-                    step.to,
                     format_args!("{timeout:?}"),
                     who.join("; ")
                 ));
@@ -568,11 +573,12 @@ impl ControlPlane {
                 return;
             }
             tokio::join!(plane.follow(&until), plane.heartbeats(readiness, &until));
+            plane.jobs.stop_all();
         })
     }
 
     /// LISTEN on its own connection (reopened when lost), plus a poll.
-    async fn follow(&self, until: &CancellationToken) {
+    async fn follow(self: &Arc<Self>, until: &CancellationToken) {
         let db = self
             .control_db
             .clone()
@@ -592,7 +598,10 @@ impl ControlPlane {
             loop {
                 tokio::select! {
                     _ = until.cancelled() => return,
-                    _ = ticker.tick() => { let _ = self.sync().await; }
+                    _ = ticker.tick() => {
+                        let _ = self.sync().await;
+                        self.adopt_jobs().await;
+                    }
                     notified = rx.recv(), if listener.is_ok() => match notified {
                         Some(()) => { let _ = self.sync().await; }
                         None => break,
@@ -824,14 +833,15 @@ fn check_definitions(config: &Config, state: &State) -> Result<(), String> {
     Ok(())
 }
 
-/// The file's migrations in the phases the state records (planned when not recorded).
+/// The file's migrations in the phases the instances serve, as the state records them
+/// (planned when not recorded; see [`MigrationRow::serving_phase`]).
 fn effective(config: &Config, state: &State) -> Config {
     let mut config = config.clone();
     for m in &mut config.migrations {
         m.phase = state
             .migrations
             .get(&m.name)
-            .map_or(Phase::Planned, |r| r.phase);
+            .map_or(Phase::Planned, MigrationRow::serving_phase);
     }
     config
 }

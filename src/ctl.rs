@@ -33,6 +33,154 @@ pub async fn request(path: &Path, command: &str) -> Result<Value, String> {
     serde_json::from_str(&line).map_err(|e| format!("unreadable reply {line:?}: {e}"))
 }
 
+/// The job `--wait` follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Job {
+    Backfill,
+    Verify,
+}
+
+impl Job {
+    fn key(self) -> &'static str {
+        match self {
+            Job::Backfill => "backfill",
+            Job::Verify => "verify",
+        }
+    }
+
+    /// The job a command starts, if `--wait` can follow it.
+    pub fn started_by(command: &str) -> Option<Job> {
+        let words: Vec<&str> = command.split_whitespace().collect();
+        match words.as_slice() {
+            ["backfill", _, "start" | "resume", ..] => Some(Job::Backfill),
+            ["verify", ..] => Some(Job::Verify),
+            _ => None,
+        }
+    }
+
+    /// Whether the job succeeded, once it ended (`None` while it runs).
+    fn outcome(self, state: &str) -> Option<bool> {
+        match (self, state) {
+            (_, "starting" | "running") => None,
+            (Job::Backfill, "done") | (Job::Verify, "clean") => Some(true),
+            _ => Some(false),
+        }
+    }
+}
+
+/// How often `--wait` polls `status`.
+const WAIT_POLL: Duration = Duration::from_millis(300);
+/// Without a terminal, how often `--wait` prints a progress line.
+const PLAIN_PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// Follows run `run` of `job` of migration `name` until it ends, drawing a progress bar on
+/// stderr (a line every few seconds when stderr is not a terminal). Returns the job's last
+/// record and whether it succeeded (backfill `done`, verify `clean`).
+pub async fn wait(path: &Path, job: Job, name: &str, run: &str) -> Result<(Value, bool), String> {
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {percent:>3}% {human_pos}/{human_len} rows  {msg}",
+        )
+        .map_err(|e| e.to_string())?
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("{} {name}", job.key()));
+    let mut last_line = std::time::Instant::now();
+    loop {
+        let status = request(path, "status").await?;
+        let record = status["migrations"]
+            .as_array()
+            .and_then(|all| all.iter().find(|m| m["name"] == name))
+            .map(|m| m[job.key()].clone())
+            .ok_or_else(|| format!("status no longer shows migration {name:?}"))?;
+        if record["run"].as_str() != Some(run) {
+            bar.finish_and_clear();
+            return Err(format!(
+                "the {} of {name:?} was replaced or forgotten (now: {})",
+                job.key(),
+                text(&record["state"])
+            ));
+        }
+        let state = record["state"].as_str().unwrap_or("none").to_owned();
+        let done_key = if job == Job::Backfill {
+            "rows_done"
+        } else {
+            "rows_checked"
+        };
+        let done = record[done_key].as_u64().unwrap_or(0);
+        let total = record["rows_total"].as_u64().unwrap_or(0).max(done);
+        bar.set_length(total);
+        bar.set_position(done);
+        let msg = progress_message(job, &state, &record);
+        bar.set_message(msg.clone());
+        if let Some(ok) = job.outcome(&state) {
+            bar.finish_and_clear();
+            return Ok((record, ok));
+        }
+        if bar.is_hidden() && last_line.elapsed() >= PLAIN_PROGRESS_EVERY {
+            eprintln!("{} {name}: {done}/{total} rows  {msg}", job.key());
+            last_line = std::time::Instant::now();
+        }
+        tokio::time::sleep(WAIT_POLL).await;
+    }
+}
+
+fn progress_message(job: Job, state: &str, record: &Value) -> String {
+    match job {
+        Job::Backfill => {
+            let mut msg = format!("{state}, {} rows/s", text(&record["rate"]));
+            if let Some(eta) = record["eta_s"].as_f64() {
+                msg.push_str(&format!(", ETA {}", humanize(Duration::from_secs_f64(eta))));
+            }
+            if let Some(why) = record["waiting"].as_str() {
+                msg.push_str(&format!(" (waiting: {why})"));
+            }
+            msg
+        }
+        Job::Verify => format!(
+            "{state}, {} chunks, {} mismatching keys",
+            text(&record["chunks"]),
+            text(&record["mismatches"])
+        ),
+    }
+}
+
+/// The last line `--wait` prints.
+pub fn render_outcome(job: Job, name: &str, record: &Value) -> String {
+    let state = text(&record["state"]);
+    let seconds = match (
+        record["started_at"].as_f64(),
+        record["finished_at"].as_f64(),
+    ) {
+        (Some(a), Some(b)) if b >= a => format!(" in {}", humanize(Duration::from_secs_f64(b - a))),
+        _ => String::new(),
+    };
+    let mut line = match job {
+        Job::Backfill => format!(
+            "backfill {name}: {state}, {} rows ({} written, {} deleted){seconds}, {} rows/s",
+            text(&record["rows_done"]),
+            text(&record["written"]),
+            text(&record["deleted"]),
+            text(&record["rate"])
+        ),
+        Job::Verify => format!(
+            "verify {name}: {state}, {} rows checked in {} chunks{seconds}, {} mismatching keys",
+            text(&record["rows_checked"]),
+            text(&record["chunks"]),
+            text(&record["mismatches"])
+        ),
+    };
+    if let Some(keys) = record["first_keys"].as_array().filter(|k| !k.is_empty()) {
+        let keys: Vec<String> = keys.iter().map(text).collect();
+        line.push_str(&format!("; first: {}", keys.join(", ")));
+    }
+    if let Some(e) = record["error"].as_str() {
+        line.push_str(&format!("; error: {e}"));
+    }
+    line.push('\n');
+    line
+}
+
 /// Whether a reply says `"ok":true`.
 pub fn is_ok(reply: &Value) -> bool {
     reply.get("ok").and_then(Value::as_bool) == Some(true)
@@ -55,6 +203,16 @@ pub fn render(command: &str, reply: &Value) -> String {
         "connections" => render_connections(reply),
         "events" => render_events(reply),
         "reload" => format!("reloaded ({})\n", text(&reply["reloaded"])),
+        "backfill" => format!(
+            "backfill {}: {}\n",
+            text(&reply["migration"]),
+            text(&reply["backfill"]["state"])
+        ),
+        "verify" => format!(
+            "verify {}: {}\n",
+            text(&reply["migration"]),
+            text(&reply["verify"]["state"])
+        ),
         "shutdown" => "pgshift is shutting down\n".into(),
         _ => format!("{reply}\n"),
     }

@@ -35,8 +35,10 @@ enum Command {
         config: PathBuf,
     },
     /// Send a command to a running pgshift over its admin socket (`status`, `phase NAME
-    /// PHASE [force]`, `rollback NAME`, `complete NAME`, `reload`, `connections`,
-    /// `events [NAME]`, `shutdown`).
+    /// PHASE [force]`, `rollback NAME`, `complete NAME`, `backfill NAME start|pause|resume|
+    /// cancel`, `verify NAME`, `reload`, `connections`, `events [NAME]`, `shutdown`). With
+    /// `--wait`, `backfill NAME start` and `verify NAME` follow the job with a progress bar and
+    /// exit non-zero unless it succeeds.
     Ctl {
         /// The admin socket (default: `[admin].socket` of --config, else /tmp/pgshift.sock).
         #[arg(long, conflicts_with = "config")]
@@ -104,7 +106,54 @@ fn check(path: PathBuf, connect: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `ctl … --wait`: follows the job the command started until it ends; the exit status says
+/// whether it succeeded.
+fn ctl_wait(
+    runtime: &tokio::runtime::Runtime,
+    socket: &std::path::Path,
+    json: bool,
+    command: &str,
+    job: ctl::Job,
+    reply: &serde_json::Value,
+) -> ExitCode {
+    let name = command.split_whitespace().nth(1).unwrap_or_default();
+    let key = match job {
+        ctl::Job::Backfill => "backfill",
+        ctl::Job::Verify => "verify",
+    };
+    let run = reply[key]["run"].as_str().unwrap_or_default();
+    match runtime.block_on(ctl::wait(socket, job, name, run)) {
+        Ok((record, ok)) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": ok, "migration": name, key: record})
+                );
+            } else if ok {
+                print!("{}", ctl::render_outcome(job, name, &record));
+            } else {
+                eprint!("pgshift ctl: {}", ctl::render_outcome(job, name, &record));
+            }
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("pgshift ctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn ctl(socket: Option<PathBuf>, config: Option<PathBuf>, json: bool, command: String) -> ExitCode {
+    let wait = command.split_whitespace().any(|w| w == "--wait");
+    let command: String = command
+        .split_whitespace()
+        .filter(|w| *w != "--wait")
+        .collect::<Vec<_>>()
+        .join(" ");
     let socket = match (socket, config) {
         (Some(socket), _) => socket,
         (None, Some(path)) => match Config::load(&path) {
@@ -134,6 +183,10 @@ fn ctl(socket: Option<PathBuf>, config: Option<PathBuf>, json: bool, command: St
         }
     };
     let ok = ctl::is_ok(&reply);
+    let follow = wait.then(|| ctl::Job::started_by(&command)).flatten();
+    if let (true, Some(job)) = (ok, follow) {
+        return ctl_wait(&runtime, &socket, json, &command, job, &reply);
+    }
     if json {
         println!("{reply}");
     } else if ok {

@@ -64,6 +64,14 @@ impl Metrics {
             CONFIG_RELOADS_TOTAL,
             "Config file reloads by result (error: invalid file or a refused phase)."
         );
+        metrics::describe_counter!(
+            crate::control::jobs::BACKFILL_ROWS_TOTAL,
+            "Source rows processed by backfill batches, per migration."
+        );
+        metrics::describe_gauge!(
+            crate::control::jobs::VERIFY_MISMATCHES,
+            "Mismatching keys found by the last verify run, per migration."
+        );
         metrics::describe_histogram!(
             REWRITE_SECONDS,
             metrics::Unit::Seconds,

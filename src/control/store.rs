@@ -159,15 +159,55 @@ impl MigrationRow {
             (b.get("state")?.as_str()? == "done" && dir == direction)
                 .then(|| b.get("finished_at")?.as_f64())?
         };
-        let clean_since = |t: f64| -> bool {
+        let clean_since = |direction: &str, t: f64| -> bool {
             self.verify.as_ref().is_some_and(|v| {
                 v.get("state").and_then(Value::as_str) == Some("clean")
+                    && v.get("direction")
+                        .and_then(Value::as_str)
+                        .unwrap_or("forward")
+                        == direction
                     && v.get("started_at").and_then(Value::as_f64) >= Some(t)
             })
         };
         Facts {
-            verified: finished("forward").is_some_and(clean_since),
-            reverse_verified: finished("reverse").is_some_and(clean_since),
+            verified: finished("forward").is_some_and(|t| clean_since("forward", t)),
+            reverse_verified: finished("reverse").is_some_and(|t| clean_since("reverse", t)),
+        }
+    }
+
+    /// The backfill's state (`running`, `done`, …), if one was ever started.
+    pub fn backfill_state(&self) -> Option<&str> {
+        self.backfill.as_ref()?.get("state")?.as_str()
+    }
+
+    /// The backfill's direction (`forward` unless recorded otherwise).
+    pub fn backfill_direction(&self) -> &str {
+        self.backfill
+            .as_ref()
+            .and_then(|b| b.get("direction"))
+            .and_then(Value::as_str)
+            .unwrap_or("forward")
+    }
+
+    /// A backfill that has not ended: it may still copy rows.
+    pub fn backfill_in_progress(&self) -> bool {
+        matches!(
+            self.backfill_state(),
+            Some("starting" | "running" | "paused" | "failed")
+        )
+    }
+
+    /// The phase whose rewrites the instances serve: the recorded phase, except that a
+    /// migration in contract with a reverse backfill (not cancelled) writes both sides again,
+    /// as in switch, so the rebuilt old side stays current (docs/jobs.md).
+    pub fn serving_phase(&self) -> Phase {
+        if self.phase == Phase::Contract
+            && self.backfill_direction() == "reverse"
+            && self.backfill_state().is_some_and(|s| s != "cancelled")
+        {
+            Phase::Switch
+        } else {
+            self.phase
         }
     }
 }
@@ -303,18 +343,58 @@ impl<'a> Txn<'a> {
         Ok(())
     }
 
-    /// Moves a migration to `phase` at the bumped epoch.
+    /// Moves a migration to `phase` at the bumped epoch. Job records that no longer say
+    /// anything true are forgotten: all of them on entering planned (the new side stops being
+    /// written), a reverse backfill and its verify on entering contract (the old side stops
+    /// being written again).
     pub async fn set_phase(&mut self, name: &str, phase: Phase) -> Result<u64, CatalogError> {
         let epoch = self.bump_epoch().await?;
         self.tx
             .execute(
-                "UPDATE pgshift.migrations SET phase = $2, epoch = $3, updated_at = now()
+                "UPDATE pgshift.migrations SET phase = $2, epoch = $3, updated_at = now(),
+                     backfill = CASE WHEN $2 = 'planned'
+                                       OR ($2 = 'contract' AND backfill->>'direction' = 'reverse')
+                                     THEN NULL ELSE backfill END,
+                     verify = CASE WHEN $2 = 'planned'
+                                     OR ($2 = 'contract' AND verify->>'direction' = 'reverse')
+                                   THEN NULL ELSE verify END
                  WHERE name = $1",
                 &[&name, &phase.name(), &(epoch as i64)],
             )
             .await
             .map_err(err("recording a phase"))?;
         Ok(epoch)
+    }
+
+    /// Replaces a migration's backfill or verify record (`job` is one of those two words).
+    pub async fn set_job(
+        &mut self,
+        name: &str,
+        job: Job,
+        record: &Value,
+    ) -> Result<(), CatalogError> {
+        self.tx
+            .execute(
+                &format!(
+                    "UPDATE pgshift.migrations SET {0} = $2::jsonb, updated_at = now() WHERE name = $1",
+                    job.column()
+                ),
+                &[&name, record],
+            )
+            .await
+            .map_err(err("recording a job"))?;
+        Ok(())
+    }
+
+    /// The database's clock, as Unix seconds: job timestamps are compared with each other
+    /// across instances, so they all come from one clock.
+    pub async fn now(&self) -> Result<f64, CatalogError> {
+        Ok(self
+            .tx
+            .query_one("SELECT extract(epoch FROM clock_timestamp())::float8", &[])
+            .await
+            .map_err(err("reading the clock"))?
+            .get(0))
     }
 
     /// Records the config file's phase as applied.
@@ -372,6 +452,126 @@ impl<'a> Txn<'a> {
             .await
             .map_err(err("committing the state change"))
     }
+}
+
+/// The two jobs a migration has a record of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Job {
+    Backfill,
+    Verify,
+}
+
+impl Job {
+    pub fn column(self) -> &'static str {
+        match self {
+            Job::Backfill => "backfill",
+            Job::Verify => "verify",
+        }
+    }
+
+    /// The session advisory lock a job's runner holds: (class, key text hashed by the server).
+    pub fn lock_key(self, migration: &str) -> (i32, String) {
+        (JOB_LOCK_CLASS, format!("{}:{migration}", self.column()))
+    }
+}
+
+/// Advisory lock class of the job runners (one lock per migration and job).
+const JOB_LOCK_CLASS: i32 = 0x7067_6a62;
+
+/// Takes the runner lock of `job` on `client`'s session; false when another session has it.
+pub async fn try_lock_job(
+    client: &Client,
+    job: Job,
+    migration: &str,
+) -> Result<bool, CatalogError> {
+    let (class, key) = job.lock_key(migration);
+    Ok(client
+        .query_one(
+            "SELECT pg_try_advisory_lock($1, hashtext($2))",
+            &[&class, &key],
+        )
+        .await
+        .map_err(err("taking the job lock"))?
+        .get(0))
+}
+
+/// What a runner's progress update found: the record's state now and the phase.
+pub struct JobUpdate {
+    pub state: String,
+    pub phase: Phase,
+}
+
+/// Merges `patch` into the job record of run `run` (stamping `updated_at`, and `finished_at`
+/// when `finished`); `None` when the record belongs to another run or is gone.
+pub async fn update_job(
+    client: &Client,
+    name: &str,
+    job: Job,
+    run: &str,
+    patch: &Value,
+    finished: bool,
+) -> Result<Option<JobUpdate>, CatalogError> {
+    let row = client
+        .query_opt(
+            &format!(
+                "UPDATE pgshift.migrations SET {0} = {0} || $3::jsonb
+                     || jsonb_build_object('updated_at', extract(epoch FROM clock_timestamp()))
+                     || CASE WHEN $4 THEN jsonb_build_object('finished_at',
+                            extract(epoch FROM clock_timestamp())) ELSE '{{}}'::jsonb END
+                 WHERE name = $1 AND {0}->>'run' = $2
+                 RETURNING {0}->>'state', phase",
+                job.column()
+            ),
+            &[&name, &run, patch, &finished],
+        )
+        .await
+        .map_err(err("recording job progress"))?;
+    row.map(|r| {
+        Ok(JobUpdate {
+            state: r.get::<_, Option<String>>(0).unwrap_or_default(),
+            phase: parse_phase(r.get(1))?,
+        })
+    })
+    .transpose()
+}
+
+/// Jobs recorded as running whose runner lock nobody holds (name, job, run id): their
+/// runner died. Read from `pg_locks`, so checking costs no extra connection.
+pub async fn orphaned_jobs(client: &Client) -> Result<Vec<(String, Job, String)>, CatalogError> {
+    let rows = client
+        .query(
+            "SELECT j.name, j.job, j.run FROM (
+                 SELECT name, 'backfill' AS job, backfill->>'run' AS run
+                 FROM pgshift.migrations WHERE backfill->>'state' = 'running'
+                 UNION ALL
+                 SELECT name, 'verify', verify->>'run'
+                 FROM pgshift.migrations WHERE verify->>'state' = 'running') j
+             WHERE NOT EXISTS (
+                 SELECT 1 FROM pg_locks l
+                 WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+                   AND l.database = (SELECT oid FROM pg_database
+                                     WHERE datname = current_database())
+                   AND l.classid = $1::int4::oid
+                   AND l.objid = hashtext(j.job || ':' || j.name)::oid)",
+            &[&JOB_LOCK_CLASS],
+        )
+        .await
+        .map_err(err("reading the running jobs"))?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let job = if r.get::<_, &str>(1) == "verify" {
+                Job::Verify
+            } else {
+                Job::Backfill
+            };
+            (
+                r.get(0),
+                job,
+                r.get::<_, Option<String>>(2).unwrap_or_default(),
+            )
+        })
+        .collect())
 }
 
 /// One instance as recorded.
@@ -555,7 +755,13 @@ mod tests {
         let clean = json!({"state": "clean", "started_at": 101.0});
         assert!(!row(Some(running), Some(clean.clone())).facts().verified);
         let reverse = json!({"state": "done", "direction": "reverse", "finished_at": 100.0});
-        let facts = row(Some(reverse), Some(clean)).facts();
+        // A forward verify says nothing about the old side.
+        assert_eq!(
+            row(Some(reverse.clone()), Some(clean)).facts(),
+            Facts::default()
+        );
+        let clean_reverse = json!({"state": "clean", "direction": "reverse", "started_at": 101.0});
+        let facts = row(Some(reverse), Some(clean_reverse)).facts();
         assert!(facts.reverse_verified && !facts.verified);
     }
 }

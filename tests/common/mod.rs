@@ -690,6 +690,13 @@ impl Proxy {
         assert!(status.success(), "kill -TERM {} failed", self.pid);
     }
 
+    /// Kills the process with SIGKILL (no graceful anything) and waits for it to be gone.
+    pub fn kill(&self) {
+        let mut child = self.child.lock().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
     /// The exit status if the process is gone.
     pub fn try_exit(&self) -> Option<ExitStatus> {
         self.child

@@ -1,0 +1,411 @@
+//! The backfill runner: key-ordered batches from the record's checkpoint, each one short
+//! transaction under `lock_timeout` that locks its source rows and writes the other side
+//! ([`Mapping::batch_sql`]), retried with backoff when a lock, a deadlock or the connection
+//! gets in the way; the checkpoint and progress are merged into the record after every batch.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Statement};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::sql::{BatchResult, Direction, Mapping};
+use super::{BACKFILL_ROWS_TOTAL, ControlPlane};
+use crate::catalog::{self, ControlConnection, describe};
+use crate::config::{Config, JobsConfig};
+use crate::control::store::{self, Job};
+use crate::migration::Phase;
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often the throttle re-checks replication lag and lock waits while paused by them.
+const THROTTLE_RECHECK: Duration = Duration::from_secs(1);
+
+/// How a run ended.
+enum Ended {
+    Done,
+    /// Paused, cancelled, replaced, or this instance is stopping.
+    Stopped(String),
+}
+
+/// Runs the backfill of `name` from its record until it is done, stopped or failed. `lock`
+/// is the runner lock's connection when the caller took it; otherwise it is taken here and
+/// the run gives up quietly when someone else has it.
+pub async fn run(
+    plane: &Arc<ControlPlane>,
+    name: &str,
+    lock: Option<ControlConnection>,
+    token: CancellationToken,
+) {
+    let conn = match lock {
+        Some(c) => c,
+        None => match plane.job_lock(name, Job::Backfill, Duration::ZERO).await {
+            Ok(c) => c,
+            Err(_) => return,
+        },
+    };
+    let row = match plane.row(name).await {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(migration = name, error = %e, "backfill cannot read its record");
+            return;
+        }
+    };
+    let Some(record) = row.backfill.clone() else {
+        return;
+    };
+    let run_id = record["run"].as_str().unwrap_or_default().to_owned();
+    if record["state"] != "running" {
+        return;
+    }
+    let result = copy(plane, name, &conn, &record, &run_id, &token).await;
+    match result {
+        Ok(Ended::Done) => info!(migration = name, "backfill done"),
+        Ok(Ended::Stopped(why)) => info!(migration = name, why, "backfill stopped"),
+        Err(e) => {
+            warn!(migration = name, error = %e, "backfill failed");
+            let patch = json!({"state": "failed", "error": e, "waiting": null});
+            let _ = store::update_job(&conn, name, Job::Backfill, &run_id, &patch, false).await;
+        }
+    }
+}
+
+/// The phases a backfill of `direction` may write in.
+fn allowed(direction: Direction, phase: Phase) -> bool {
+    match direction {
+        Direction::Forward => matches!(phase, Phase::Expand | Phase::Switch),
+        Direction::Reverse => phase == Phase::Contract,
+    }
+}
+
+async fn copy(
+    plane: &Arc<ControlPlane>,
+    name: &str,
+    state: &ControlConnection,
+    record: &Value,
+    run_id: &str,
+    token: &CancellationToken,
+) -> Result<Ended, String> {
+    let config = plane.config_now().await;
+    let m = ControlPlane::migration_config(&config, name)?;
+    let direction = Direction::parse(record["direction"].as_str().unwrap_or("forward"));
+    let mapping = Mapping::resolve(&plane.snapshots.load(), &m.database, name, direction)?;
+    let batch = record["batch_size"]
+        .as_u64()
+        .unwrap_or(u64::from(config.jobs.batch_size))
+        .clamp(1, u64::from(u32::MAX)) as u32;
+    let rate_limit = record["rate_limit"].as_u64().unwrap_or(0);
+    let mut last_key: Option<Vec<String>> = record["last_key"].as_array().map(|a| {
+        a.iter()
+            .map(|v| v.as_str().unwrap_or_default().to_owned())
+            .collect()
+    });
+    let mut rows_done = record["rows_done"].as_i64().unwrap_or(0);
+    let mut written = record["written"].as_i64().unwrap_or(0);
+    let mut deleted = record["deleted"].as_i64().unwrap_or(0);
+
+    let mut db = Batcher::connect(&config, &m.database, &mapping, batch).await?;
+    let mut rows_total = record["rows_total"].as_i64().unwrap_or(0);
+    if rows_total <= 0 {
+        rows_total = db.estimate(&mapping).await?;
+    }
+    let start = json!({"runner": plane.instance, "rows_total": rows_total, "error": null});
+    if store::update_job(state, name, Job::Backfill, run_id, &start, false)
+        .await
+        .map_err(|e| e.to_string())?
+        .is_none()
+    {
+        return Ok(Ended::Stopped("the record changed".into()));
+    }
+    let counter = metrics::counter!(BACKFILL_ROWS_TOTAL, "migration" => name.to_owned());
+    let began = Instant::now();
+    let mut run_rows: i64 = 0;
+    info!(migration = name, direction = direction.name(), batch, rate_limit, from = ?last_key, "backfill running");
+    loop {
+        if token.is_cancelled() {
+            return Ok(Ended::Stopped("this instance is stopping".into()));
+        }
+        if let Some(why) = db.throttled(&config.jobs).await {
+            let patch = json!({"waiting": why});
+            store::update_job(state, name, Job::Backfill, run_id, &patch, false)
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::select! {
+                _ = token.cancelled() => {}
+                _ = tokio::time::sleep(THROTTLE_RECHECK) => {}
+            }
+            continue;
+        }
+        let result = db
+            .batch_with_retries(&config, &config.jobs, last_key.as_deref(), token)
+            .await?;
+        rows_done += result.rows;
+        run_rows += result.rows;
+        written += result.written;
+        deleted += result.deleted;
+        counter.increment(result.rows as u64);
+        if result.last_key.is_some() {
+            last_key = result.last_key;
+        }
+        // A throttled run sleeps after this batch until `due`: count that time already, so
+        // the rate shown is the one the run keeps.
+        let due = if rate_limit > 0 {
+            run_rows as f64 / rate_limit as f64
+        } else {
+            0.0
+        };
+        let elapsed = began.elapsed().as_secs_f64().max(due).max(0.001);
+        let rate = run_rows as f64 / elapsed;
+        rows_total = rows_total.max(rows_done);
+        let finished = result.rows < i64::from(batch);
+        let eta = if finished {
+            json!(0)
+        } else if rate > 0.0 {
+            json!(((rows_total - rows_done) as f64 / rate).ceil() as i64)
+        } else {
+            Value::Null
+        };
+        let mut patch = json!({
+            "rows_done": rows_done,
+            "rows_total": rows_total,
+            "written": written,
+            "deleted": deleted,
+            "last_key": last_key,
+            "rate": rate.round() as i64,
+            "eta_s": eta,
+            "waiting": null,
+        });
+        if finished {
+            patch["state"] = json!("done");
+        }
+        let update = store::update_job(state, name, Job::Backfill, run_id, &patch, finished)
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(update) = update else {
+            return Ok(Ended::Stopped("the record changed".into()));
+        };
+        if !allowed(direction, update.phase) {
+            return Err(format!(
+                "the migration moved to {} while a {} backfill ran",
+                update.phase,
+                direction.name()
+            ));
+        }
+        if finished {
+            return Ok(Ended::Done);
+        }
+        if update.state != "running" {
+            return Ok(Ended::Stopped(update.state));
+        }
+        if rate_limit > 0 {
+            let due = Duration::from_secs_f64(run_rows as f64 / rate_limit as f64);
+            if let Some(wait) = due.checked_sub(began.elapsed()) {
+                tokio::select! {
+                    _ = token.cancelled() => {}
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+}
+
+/// The connection batches run on, with their statements prepared.
+struct Batcher {
+    conn: ControlConnection,
+    database: String,
+    first_sql: String,
+    next_sql: String,
+    prepared: Option<(Statement, Statement)>,
+}
+
+impl Batcher {
+    async fn connect(
+        config: &Config,
+        database: &str,
+        mapping: &Mapping,
+        batch: u32,
+    ) -> Result<Batcher, String> {
+        let conn = catalog::connect(config, database)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Batcher {
+            conn,
+            database: database.to_owned(),
+            first_sql: mapping.batch_sql(batch, false),
+            next_sql: mapping.batch_sql(batch, true),
+            prepared: None,
+        })
+    }
+
+    async fn estimate(&self, mapping: &Mapping) -> Result<i64, String> {
+        let estimate: f64 = self
+            .conn
+            .query_one(&mapping.estimate_sql(), &[])
+            .await
+            .map_err(|e| describe(&e))?
+            .get(0);
+        if estimate >= 0.0 {
+            return Ok(estimate as i64);
+        }
+        Ok(self
+            .conn
+            .query_one(&mapping.count_sql(), &[])
+            .await
+            .map_err(|e| describe(&e))?
+            .get(0))
+    }
+
+    /// Why batches should wait now, if they should.
+    async fn throttled(&self, jobs: &JobsConfig) -> Option<String> {
+        if !jobs.max_replication_lag.is_zero() {
+            let lag: Option<f64> = self
+                .conn
+                .query_one(
+                    "SELECT max(extract(epoch FROM replay_lag))::float8 FROM pg_stat_replication",
+                    &[],
+                )
+                .await
+                .ok()
+                .and_then(|r| r.get(0));
+            if let Some(lag) = lag.filter(|l| *l > jobs.max_replication_lag.as_secs_f64()) {
+                return Some(format!(
+                    "replication lag {lag:.1}s exceeds max_replication_lag {:?}",
+                    jobs.max_replication_lag
+                ));
+            }
+        }
+        if jobs.max_lock_waiters > 0 {
+            let waiters: i64 = self
+                .conn
+                .query_one(
+                    "SELECT count(*)::int8 FROM pg_stat_activity \
+                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                    &[],
+                )
+                .await
+                .map_or(0, |r| r.get(0));
+            if waiters > i64::from(jobs.max_lock_waiters) {
+                return Some(format!(
+                    "{waiters} sessions wait for a lock (max_lock_waiters {})",
+                    jobs.max_lock_waiters
+                ));
+            }
+        }
+        None
+    }
+
+    async fn batch_with_retries(
+        &mut self,
+        config: &Config,
+        jobs: &JobsConfig,
+        after: Option<&[String]>,
+        token: &CancellationToken,
+    ) -> Result<BatchResult, String> {
+        let mut backoff = FIRST_BACKOFF;
+        let attempts = jobs.max_attempts.max(1);
+        for attempt in 1..=attempts {
+            if self.conn.client.is_closed() {
+                match catalog::connect(config, &self.database).await {
+                    Ok(c) => {
+                        self.conn = c;
+                        self.prepared = None;
+                    }
+                    Err(e) if attempt < attempts => {
+                        warn!(error = %e, attempt, "backfill cannot reconnect; retrying");
+                        sleep_or_stop(backoff, token).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        continue;
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            match self.batch(jobs.lock_timeout, after).await {
+                Ok(r) => return Ok(r),
+                Err(e) if retryable(&e) && attempt < attempts => {
+                    warn!(error = %describe(&e), attempt, attempts, "backfill batch failed; retrying");
+                    if e.code().is_none() {
+                        self.prepared = None;
+                    }
+                    sleep_or_stop(backoff, token).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "batch after key {:?} failed{}: {}",
+                        after.unwrap_or_default(),
+                        if retryable(&e) {
+                            format!(" {attempts} times")
+                        } else {
+                            String::new()
+                        },
+                        describe(&e)
+                    ));
+                }
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    /// One batch: `BEGIN; SET LOCAL lock_timeout; <batch>; COMMIT`.
+    async fn batch(
+        &mut self,
+        lock_timeout: Duration,
+        after: Option<&[String]>,
+    ) -> Result<BatchResult, tokio_postgres::Error> {
+        let client: &mut Client = &mut self.conn.client;
+        if self.prepared.is_none() {
+            let first = client.prepare(&self.first_sql).await?;
+            let next = client.prepare(&self.next_sql).await?;
+            self.prepared = Some((first, next));
+        }
+        let (first, next) = self.prepared.as_ref().expect("prepared above");
+        let tx = client.transaction().await?;
+        tx.batch_execute(&format!(
+            "SET LOCAL lock_timeout = '{}ms'",
+            lock_timeout.as_millis().max(1)
+        ))
+        .await?;
+        let row = match after {
+            None => tx.query_one(first, &[]).await?,
+            Some(key) => {
+                let params: Vec<&(dyn ToSql + Sync)> =
+                    key.iter().map(|k| k as &(dyn ToSql + Sync)).collect();
+                tx.query_one(next, &params).await?
+            }
+        };
+        tx.commit().await?;
+        Ok(BatchResult {
+            rows: row.get(0),
+            written: row.get(1),
+            deleted: row.get(2),
+            last_key: row.get(3),
+        })
+    }
+}
+
+async fn sleep_or_stop(pause: Duration, token: &CancellationToken) {
+    tokio::select! {
+        _ = token.cancelled() => {}
+        _ = tokio::time::sleep(pause) => {}
+    }
+}
+
+/// Errors a later attempt may not meet: lock and serialization conflicts, a server shutting
+/// down, and lost connections.
+fn retryable(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        None => true,
+        Some(code) => [
+            SqlState::LOCK_NOT_AVAILABLE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+        ]
+        .contains(code),
+    }
+}
