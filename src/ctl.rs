@@ -308,10 +308,30 @@ fn render_status(reply: &Value) -> String {
 }
 
 fn backfill_cell(b: &Value) -> String {
+    let reverse = if b["direction"] == "reverse" {
+        " (reverse)"
+    } else {
+        ""
+    };
     match b["state"].as_str() {
         None | Some("none") => "-".into(),
+        Some(state @ "running") => {
+            let mut cell = format!(
+                "{state}{reverse} {}/{} {}/s",
+                text(&b["rows_done"]),
+                text(&b["rows_total"]),
+                text(&b["rate"])
+            );
+            if let Some(eta) = b["eta_s"].as_f64() {
+                cell.push_str(&format!(" ETA {}", humanize(Duration::from_secs_f64(eta))));
+            }
+            if b["waiting"].is_string() {
+                cell.push_str(" (throttled)");
+            }
+            cell
+        }
         Some(state) => format!(
-            "{state} {}/{}",
+            "{state}{reverse} {}/{}",
             text(&b["rows_done"]),
             text(&b["rows_total"])
         ),

@@ -851,3 +851,79 @@ async fn backfill_refused_outside_dual_writing() {
         0
     );
 }
+
+/// `jobs.max_lock_waiters`: while more sessions of the database wait for a lock than allowed,
+/// the backfill copies nothing and says why; once they stop waiting it carries on to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_pauses_while_sessions_wait_for_locks() {
+    let db = common::fresh_database("backfill_lock_waiters").await;
+    let direct = db.connect().await;
+    create_items(&direct, 20_000).await;
+    direct
+        .batch_execute("CREATE TABLE unrelated (id int)")
+        .await
+        .unwrap();
+    let proxy = items_config(&db.name)
+        .extra("\n[jobs]\nmax_lock_waiters = 1\n")
+        .spawn();
+    ctl_ok(&proxy, &["phase", ITEMS, "expand"]).await;
+
+    // One session holds a lock on an unrelated table; two more queue behind it.
+    let holder = db.connect().await;
+    holder
+        .batch_execute("BEGIN; LOCK TABLE unrelated IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let mut waiters = Vec::new();
+    for _ in 0..2 {
+        let c = db.connect().await;
+        waiters.push(tokio::spawn(async move {
+            c.batch_execute("BEGIN; LOCK TABLE unrelated; COMMIT").await
+        }));
+    }
+    eventually(
+        Duration::from_secs(20),
+        "two sessions waiting for a lock",
+        || async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let n = count(
+                &direct,
+                "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .await;
+            (n >= 2).then_some(())
+        },
+    )
+    .await;
+
+    ctl_ok(&proxy, &["backfill", ITEMS, "start", "batch=500"]).await;
+    let record = await_backfill(
+        &proxy,
+        ITEMS,
+        "the backfill waiting for the lock queue",
+        Duration::from_secs(30),
+        |r| r["waiting"].is_string(),
+    )
+    .await;
+    let why = record["waiting"].as_str().unwrap();
+    assert!(why.contains("wait for a lock"), "{why}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let record = backfill_record(&proxy, ITEMS).await;
+    assert_eq!(rows_done(&record), 0, "copied while throttled: {record}");
+    assert_eq!(record["state"], "running", "{record}");
+    let copied = count(
+        &direct,
+        "SELECT count(*) FROM items WHERE qty_int IS NOT NULL",
+    )
+    .await;
+    assert_eq!(copied, 0, "rows were copied while throttled");
+
+    holder.batch_execute("COMMIT").await.unwrap();
+    for w in waiters {
+        w.await.unwrap().unwrap();
+    }
+    let record = await_done(&proxy, ITEMS).await;
+    assert_eq!(record["waiting"], Value::Null, "{record}");
+    assert_eq!(items_out_of_sync(&direct).await.0, 0);
+}

@@ -254,24 +254,34 @@ impl ControlPlane {
             .await
             .map_err(|e| e.to_string())?;
         let mut snapshot = None;
+        let epoch = if bump {
+            Some(txn.bump_epoch().await.map_err(|e| e.to_string())?)
+        } else {
+            None
+        };
+        let mut detail = format!(
+            "{} {}",
+            record["direction"].as_str().unwrap_or("forward"),
+            record["state"].as_str().unwrap_or("?")
+        );
         if bump {
-            let epoch = txn.bump_epoch().await.map_err(|e| e.to_string())?;
-            txn.event(Event {
-                migration: Some(name),
-                actor: &self.actor(super::Source::Ctl),
-                action: "backfill",
-                from: Some(row.phase),
-                to: Some(row.phase),
-                detail: record.get("state").and_then(Value::as_str).map(|s| {
-                    if s == "cancelled" {
-                        "reverse backfill cancelled: the old side is no longer written"
-                    } else {
-                        "reverse backfill: the old side is written again"
-                    }
-                }),
-            })
-            .await
-            .map_err(|e| e.to_string())?;
+            detail.push_str(if record["state"] == "cancelled" {
+                "; the old side is no longer written"
+            } else {
+                "; the old side is written again"
+            });
+        }
+        txn.event(Event {
+            migration: Some(name),
+            actor: &self.actor(super::Source::Ctl),
+            action: job.column(),
+            from: Some(row.phase),
+            to: Some(row.phase),
+            detail: Some(&detail),
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        if let Some(epoch) = epoch {
             let mut next = state.clone();
             next.epoch = epoch;
             if let Some(r) = next.migrations.get_mut(name) {
