@@ -347,7 +347,14 @@ impl ControlPlane {
                     row.backfill_direction() == "reverse" && row.serving_phase() == Phase::Switch;
                 let cancelled = self
                     .change_job(name, reverse, |row, _| {
-                        if !row.backfill_in_progress() {
+                        // A finished reverse backfill still has the old side written; cancelling
+                        // it is how an operator gives up the rollback and goes on to complete.
+                        let rewriting_old = row.backfill_direction() == "reverse"
+                            && row.serving_phase() == Phase::Switch;
+                        if rewriting_old != reverse {
+                            return Err(format!("the backfill of {name:?} changed meanwhile"));
+                        }
+                        if !row.backfill_in_progress() && !rewriting_old {
                             return Err(format!(
                                 "the backfill of {name:?} is {}; nothing to cancel",
                                 row.backfill_state().unwrap_or("not started")
