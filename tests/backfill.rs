@@ -927,3 +927,86 @@ async fn backfill_pauses_while_sessions_wait_for_locks() {
     assert_eq!(record["waiting"], Value::Null, "{record}");
     assert_eq!(items_out_of_sync(&direct).await.0, 0);
 }
+
+/// The race the orphan sweep exists for, made deterministic: a client DELETE through pgshift
+/// takes its snapshot, then waits for the lock a batch holds on the source row; the batch
+/// copies the row and commits; the DELETE removes the source row but cannot see the copy.
+/// Only the sweep at the end of the backfill removes it (a batch only copies source rows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_a_concurrent_delete_could_not_see_is_swept() {
+    let env = Orders::start("backfill_sweep").await;
+    ctl_ok(&env.proxy, &["phase", ORDERS, "expand"]).await;
+
+    // What a batch does, by hand: lock the source row, copy it, commit later.
+    let batch = env.db.connect().await;
+    batch
+        .batch_execute("BEGIN; SELECT * FROM orders WHERE id = 2 FOR UPDATE")
+        .await
+        .unwrap();
+    let app = env.app().await;
+    let delete =
+        tokio::spawn(async move { app.execute("DELETE FROM orders WHERE id = 2", &[]).await });
+    eventually(
+        Duration::from_secs(20),
+        "the DELETE waiting for the row lock",
+        || async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let waiting = count(
+                &env.direct,
+                "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .await;
+            (waiting > 0).then_some(())
+        },
+    )
+    .await;
+    batch
+        .batch_execute(
+            "INSERT INTO orders_v2 (id, customer, total_cents, created_at) \
+             SELECT id, customer, (total * 100)::bigint, created_at FROM orders WHERE id = 2; \
+             COMMIT",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        delete.await.unwrap().unwrap(),
+        1,
+        "the client's DELETE count"
+    );
+    // Orders 1 and 3 are not copied yet; 2 is the copy the DELETE could not see.
+    assert_eq!(
+        env.differences().await,
+        [
+            "1: only in orders",
+            "2: only in orders_v2",
+            "3: only in orders"
+        ],
+    );
+    // A row only the new table ever had is an orphan just the same.
+    env.direct
+        .batch_execute(
+            "INSERT INTO orders_v2 (id, customer, total_cents) VALUES (1000000, 'stray', 1)",
+        )
+        .await
+        .unwrap();
+
+    let out = env
+        .proxy
+        .ctl_output(&[], &["backfill", ORDERS, "start", "--wait"])
+        .await;
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        env.proxy.log()
+    );
+    let done = backfill_record(&env.proxy, ORDERS).await;
+    assert_eq!(done["deleted"], 2, "{done}");
+    assert!(
+        env.differences().await.is_empty(),
+        "{:?}",
+        env.differences().await
+    );
+    assert_eq!(run_verify(&env.proxy, ORDERS).await["state"], "clean");
+}

@@ -619,3 +619,97 @@ impl ControlPlane {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(phase: Phase, backfill: Option<Value>) -> MigrationRow {
+        MigrationRow {
+            name: "m".into(),
+            definition_hash: "h".into(),
+            phase,
+            epoch: 3,
+            file_phase: None,
+            backfill,
+            verify: Some(json!({"state": "clean", "direction": "reverse"})),
+        }
+    }
+
+    #[test]
+    fn a_backfill_in_progress_blocks_every_transition_but_planned() {
+        for state in ["starting", "running", "paused", "failed"] {
+            let r = row(Phase::Expand, Some(json!({"state": state})));
+            let refusal = check_transition(&r, Phase::Switch).unwrap_err();
+            assert!(refusal.contains("backfill m cancel"), "{refusal}");
+            assert!(check_transition(&r, Phase::Planned).is_ok());
+        }
+        for state in ["done", "cancelled"] {
+            let r = row(Phase::Expand, Some(json!({"state": state})));
+            assert!(check_transition(&r, Phase::Switch).is_ok());
+        }
+        assert!(check_transition(&row(Phase::Expand, None), Phase::Switch).is_ok());
+    }
+
+    #[test]
+    fn a_reverse_backfill_has_contract_served_as_switch_until_cancelled() {
+        let reverse = |state: &str| Some(json!({"state": state, "direction": "reverse"}));
+        for state in ["starting", "running", "paused", "failed", "done"] {
+            let r = row(Phase::Contract, reverse(state));
+            assert_eq!(r.serving_phase(), Phase::Switch, "{state}");
+            assert!(check_transition(&r, Phase::Complete).is_err(), "{state}");
+        }
+        let cancelled = row(Phase::Contract, reverse("cancelled"));
+        assert_eq!(cancelled.serving_phase(), Phase::Contract);
+        assert!(check_transition(&cancelled, Phase::Complete).is_ok());
+        // A forward record never changes what contract serves.
+        let forward = row(Phase::Contract, Some(json!({"state": "done"})));
+        assert_eq!(forward.serving_phase(), Phase::Contract);
+        // Out of contract the recorded phase is served.
+        assert_eq!(
+            row(Phase::Switch, reverse("done")).serving_phase(),
+            Phase::Switch
+        );
+    }
+
+    #[test]
+    fn entering_planned_or_contract_forgets_what_stopped_being_true() {
+        let mut r = row(Phase::Planned, Some(json!({"state": "done"})));
+        forget_on_entering(&mut r);
+        assert_eq!((r.backfill, r.verify), (None, None));
+        let mut r = row(
+            Phase::Contract,
+            Some(json!({"state": "done", "direction": "reverse"})),
+        );
+        forget_on_entering(&mut r);
+        assert_eq!((r.backfill, r.verify), (None, None));
+        let mut r = row(Phase::Contract, Some(json!({"state": "done"})));
+        forget_on_entering(&mut r);
+        assert!(r.backfill.is_some(), "a forward record stays");
+        let mut r = row(Phase::Expand, Some(json!({"state": "done"})));
+        forget_on_entering(&mut r);
+        assert!(r.backfill.is_some() && r.verify.is_some());
+    }
+
+    #[test]
+    fn jobs_run_only_where_a_side_is_written() {
+        assert_eq!(
+            direction_for("m", Phase::Expand, "x"),
+            Ok(Direction::Forward)
+        );
+        assert_eq!(
+            direction_for("m", Phase::Switch, "x"),
+            Ok(Direction::Forward)
+        );
+        assert_eq!(
+            direction_for("m", Phase::Contract, "x"),
+            Ok(Direction::Reverse)
+        );
+        assert!(
+            direction_for("m", Phase::Planned, "x")
+                .unwrap_err()
+                .contains("planned")
+        );
+        assert!(direction_for("m", Phase::Complete, "x").is_err());
+    }
+}

@@ -3,6 +3,7 @@
 //! ([`Mapping::batch_sql`]), retried with backoff when a lock, a deadlock or the connection
 //! gets in the way; the checkpoint and progress are merged into the record after every batch.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,7 @@ use tokio_postgres::{Client, Statement};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::sql::{BatchResult, Direction, Mapping};
+use super::sql::{BatchResult, Direction, Kind, Mapping};
 use super::{BACKFILL_ROWS_TOTAL, ControlPlane};
 use crate::catalog::{self, ControlConnection, describe};
 use crate::config::{Config, JobsConfig};
@@ -24,6 +25,10 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How often the throttle re-checks replication lag and lock waits while paused by them.
 const THROTTLE_RECHECK: Duration = Duration::from_secs(1);
+/// How long the orphan sweep waits for transactions older than the last batch.
+const SWEEP_WAIT: Duration = Duration::from_secs(60);
+/// Sweep chunks are this many batches (they mostly read).
+const SWEEP_CHUNK_FACTOR: u32 = 10;
 
 /// How a run ended.
 enum Ended {
@@ -141,7 +146,7 @@ async fn copy(
             continue;
         }
         let result = db
-            .batch_with_retries(&config, &config.jobs, last_key.as_deref(), token)
+            .with_retries(&config, Step::Copy, last_key.as_deref(), token)
             .await?;
         rows_done += result.rows;
         run_rows += result.rows;
@@ -161,7 +166,15 @@ async fn copy(
         let elapsed = began.elapsed().as_secs_f64().max(due).max(0.001);
         let rate = run_rows as f64 / elapsed;
         rows_total = rows_total.max(rows_done);
-        let finished = result.rows < i64::from(batch);
+        // A short or even empty batch is not the end: FOR UPDATE skips rows deleted while it
+        // waited for their locks. The end is an empty batch with nothing after its key.
+        let finished = result.rows == 0 && !db.more_after(last_key.as_deref()).await?;
+        if finished && mapping.kind == Kind::Table {
+            match sweep(name, state, run_id, &mut db, &config, token).await? {
+                Some(n) => deleted += n,
+                None => return Ok(Ended::Stopped("the record changed".into())),
+            }
+        }
         let eta = if finished {
             json!(0)
         } else if rate > 0.0 {
@@ -213,13 +226,102 @@ async fn copy(
     }
 }
 
+/// Waits (up to [`SWEEP_WAIT`]) until no transaction that began before the last batch is
+/// open, then deletes the target rows without a source row ([`Mapping::sweep_sql`]).
+/// Returns the rows deleted; `None` when the record changed meanwhile.
+async fn sweep(
+    name: &str,
+    state: &ControlConnection,
+    run_id: &str,
+    db: &mut Batcher,
+    config: &Config,
+    token: &CancellationToken,
+) -> Result<Option<i64>, String> {
+    let since: f64 = db
+        .conn
+        .query_one("SELECT extract(epoch FROM clock_timestamp())::float8", &[])
+        .await
+        .map_err(|e| describe(&e))?
+        .get(0);
+    let deadline = Instant::now() + SWEEP_WAIT;
+    loop {
+        let row = db
+            .conn
+            .query_one(
+                "SELECT count(*)::int8, string_agg(pid::text, ', ' ORDER BY pid) \
+                 FROM pg_stat_activity WHERE datname = current_database() \
+                 AND backend_type = 'client backend' AND pid <> pg_backend_pid() \
+                 AND xact_start < to_timestamp($1)",
+                &[&since],
+            )
+            .await
+            .map_err(|e| describe(&e))?;
+        let (open, pids): (i64, Option<String>) = (row.get(0), row.get(1));
+        if open == 0 {
+            break;
+        }
+        if Instant::now() >= deadline || token.is_cancelled() {
+            warn!(
+                migration = name,
+                open,
+                pids,
+                "sweeping although transactions older than \
+                  the last batch are still open; verify will show what they leave behind"
+            );
+            break;
+        }
+        let patch = json!({"waiting": format!(
+            "{open} transaction(s) older than the last batch still open (backend pid {}); the \
+             orphan sweep waits for them",
+            pids.unwrap_or_default()
+        )});
+        if store::update_job(state, name, Job::Backfill, run_id, &patch, false)
+            .await
+            .map_err(|e| e.to_string())?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        sleep_or_stop(THROTTLE_RECHECK, token).await;
+    }
+    let patch = json!({"waiting": null, "step": "sweep"});
+    if store::update_job(state, name, Job::Backfill, run_id, &patch, false)
+        .await
+        .map_err(|e| e.to_string())?
+        .is_none()
+    {
+        return Ok(None);
+    }
+    let mut after: Option<Vec<String>> = None;
+    let mut deleted = 0;
+    loop {
+        let chunk = db
+            .with_retries(config, Step::Sweep, after.as_deref(), token)
+            .await?;
+        deleted += chunk.deleted;
+        if chunk.rows == 0 {
+            return Ok(Some(deleted));
+        }
+        after = chunk.last_key;
+    }
+}
+
+/// What a statement of the backfill does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Step {
+    Copy,
+    Sweep,
+}
+
 /// The connection batches run on, with their statements prepared.
 struct Batcher {
     conn: ControlConnection,
     database: String,
-    first_sql: String,
-    next_sql: String,
-    prepared: Option<(Statement, Statement)>,
+    mapping: Mapping,
+    /// `(first, next)` SQL per step.
+    copy_sql: (String, String),
+    sweep_sql: (String, String),
+    prepared: HashMap<(Step, bool), Statement>,
 }
 
 impl Batcher {
@@ -232,13 +334,33 @@ impl Batcher {
         let conn = catalog::connect(config, database)
             .await
             .map_err(|e| e.to_string())?;
+        let sweep_chunk = batch.saturating_mul(SWEEP_CHUNK_FACTOR);
         Ok(Batcher {
             conn,
             database: database.to_owned(),
-            first_sql: mapping.batch_sql(batch, false),
-            next_sql: mapping.batch_sql(batch, true),
-            prepared: None,
+            mapping: mapping.clone(),
+            copy_sql: (
+                mapping.batch_sql(batch, false),
+                mapping.batch_sql(batch, true),
+            ),
+            sweep_sql: (
+                mapping.sweep_sql(sweep_chunk, false),
+                mapping.sweep_sql(sweep_chunk, true),
+            ),
+            prepared: HashMap::new(),
         })
+    }
+
+    /// Whether the source has a row after `after` (any row when `None`).
+    async fn more_after(&self, after: Option<&[String]>) -> Result<bool, String> {
+        let sql = self.mapping.exists_after_sql(after.is_some());
+        let params = texts(after.unwrap_or_default());
+        Ok(self
+            .conn
+            .query_one(sql.as_str(), &params)
+            .await
+            .map_err(|e| describe(&e))?
+            .get(0))
     }
 
     async fn estimate(&self, mapping: &Mapping) -> Result<i64, String> {
@@ -298,13 +420,14 @@ impl Batcher {
         None
     }
 
-    async fn batch_with_retries(
+    async fn with_retries(
         &mut self,
         config: &Config,
-        jobs: &JobsConfig,
+        step: Step,
         after: Option<&[String]>,
         token: &CancellationToken,
     ) -> Result<BatchResult, String> {
+        let jobs = &config.jobs;
         let mut backoff = FIRST_BACKOFF;
         let attempts = jobs.max_attempts.max(1);
         for attempt in 1..=attempts {
@@ -312,7 +435,7 @@ impl Batcher {
                 match catalog::connect(config, &self.database).await {
                     Ok(c) => {
                         self.conn = c;
-                        self.prepared = None;
+                        self.prepared.clear();
                     }
                     Err(e) if attempt < attempts => {
                         warn!(error = %e, attempt, "backfill cannot reconnect; retrying");
@@ -323,12 +446,12 @@ impl Batcher {
                     Err(e) => return Err(e.to_string()),
                 }
             }
-            match self.batch(jobs.lock_timeout, after).await {
+            match self.run(step, jobs.lock_timeout, after).await {
                 Ok(r) => return Ok(r),
                 Err(e) if retryable(&e) && attempt < attempts => {
                     warn!(error = %describe(&e), attempt, attempts, "backfill batch failed; retrying");
                     if e.code().is_none() {
-                        self.prepared = None;
+                        self.prepared.clear();
                     }
                     sleep_or_stop(backoff, token).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -350,33 +473,33 @@ impl Batcher {
         unreachable!("the last attempt returns")
     }
 
-    /// One batch: `BEGIN; SET LOCAL lock_timeout; <batch>; COMMIT`.
-    async fn batch(
+    /// One batch or sweep chunk: `BEGIN; SET LOCAL lock_timeout; <statement>; COMMIT`.
+    async fn run(
         &mut self,
+        step: Step,
         lock_timeout: Duration,
         after: Option<&[String]>,
     ) -> Result<BatchResult, tokio_postgres::Error> {
-        let client: &mut Client = &mut self.conn.client;
-        if self.prepared.is_none() {
-            let first = client.prepare(&self.first_sql).await?;
-            let next = client.prepare(&self.next_sql).await?;
-            self.prepared = Some((first, next));
+        let key = (step, after.is_some());
+        if !self.prepared.contains_key(&key) {
+            let (first, next) = match step {
+                Step::Copy => &self.copy_sql,
+                Step::Sweep => &self.sweep_sql,
+            };
+            let sql = if after.is_some() { next } else { first };
+            let statement = self.conn.client.prepare(sql).await?;
+            self.prepared.insert(key, statement);
         }
-        let (first, next) = self.prepared.as_ref().expect("prepared above");
+        let statement = self.prepared[&key].clone();
+        let client: &mut Client = &mut self.conn.client;
         let tx = client.transaction().await?;
         tx.batch_execute(&format!(
             "SET LOCAL lock_timeout = '{}ms'",
             lock_timeout.as_millis().max(1)
         ))
         .await?;
-        let row = match after {
-            None => tx.query_one(first, &[]).await?,
-            Some(key) => {
-                let params: Vec<&(dyn ToSql + Sync)> =
-                    key.iter().map(|k| k as &(dyn ToSql + Sync)).collect();
-                tx.query_one(next, &params).await?
-            }
-        };
+        let params = texts(after.unwrap_or_default());
+        let row = tx.query_one(&statement, &params).await?;
         tx.commit().await?;
         Ok(BatchResult {
             rows: row.get(0),
@@ -385,6 +508,10 @@ impl Batcher {
             last_key: row.get(3),
         })
     }
+}
+
+fn texts(values: &[String]) -> Vec<&(dyn ToSql + Sync)> {
+    values.iter().map(|v| v as &(dyn ToSql + Sync)).collect()
 }
 
 async fn sleep_or_stop(pause: Duration, token: &CancellationToken) {

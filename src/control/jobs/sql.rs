@@ -292,37 +292,64 @@ impl Mapping {
                         new.join(", ")
                     )
                 };
-                let delete_lower = if after {
-                    format!("{} AND ", self.bound("pgshift_t.", ">", 1))
-                } else {
-                    String::new()
-                };
-                let same_key: Vec<String> = key_cols
-                    .iter()
-                    .map(|k| format!("pgshift_b.{k} = pgshift_t.{k}"))
-                    .collect();
                 format!(
                     "WITH pgshift_b AS (SELECT * FROM {src} AS pgshift_s{lower} ORDER BY {order} \
                      LIMIT {batch} FOR UPDATE), \
                      pgshift_w AS (INSERT INTO {tgt} AS pgshift_t ({}) SELECT {} FROM pgshift_b \
-                     ON CONFLICT ({}) {action} RETURNING 1), \
-                     pgshift_d AS (DELETE FROM {tgt} AS pgshift_t WHERE {delete_lower}\
-                     (({}) <= (SELECT {} FROM pgshift_b ORDER BY {} LIMIT 1) \
-                     OR (SELECT count(*) FROM pgshift_b) < {batch}) \
-                     AND NOT EXISTS (SELECT 1 FROM pgshift_b WHERE {}) RETURNING 1) \
+                     ON CONFLICT ({}) {action} RETURNING 1) \
                      SELECT (SELECT count(*) FROM pgshift_b)::int8, \
-                     (SELECT count(*) FROM pgshift_w)::int8, \
-                     (SELECT count(*) FROM pgshift_d)::int8, {last}",
+                     (SELECT count(*) FROM pgshift_w)::int8, 0::int8, {last}",
                     names.join(", "),
                     values.join(", "),
                     key_cols.join(", "),
-                    self.key_names("pgshift_t."),
-                    key_cols.join(", "),
-                    self.order_desc(""),
-                    same_key.join(" AND "),
                 )
             }
         }
+    }
+
+    /// Table moves, after the last batch: deletes the target rows among the next `chunk`
+    /// target keys after `$1…$k` (from the first when `after` is false) that have no source
+    /// row. Returns the keys looked at, 0, the rows deleted and the last key looked at.
+    ///
+    /// Batches cannot do this themselves: a client DELETE whose snapshot predates a batch's
+    /// commit, and which waited for the batch's lock on the source row, removes the source row
+    /// but cannot see (so cannot remove) the copy the batch committed. The sweep runs once no
+    /// transaction older than the last batch is left, so every such copy is visible to it.
+    pub fn sweep_sql(&self, chunk: u32, after: bool) -> String {
+        let lower = if after {
+            format!(" WHERE {}", self.bound("pgshift_t.", ">", 1))
+        } else {
+            String::new()
+        };
+        let numbered = |f: &dyn Fn(usize, &str) -> String| -> Vec<String> {
+            self.key
+                .iter()
+                .enumerate()
+                .map(|(i, (k, _))| f(i + 1, &quote_ident(k)))
+                .collect()
+        };
+        let keys = numbered(&|i, k| format!("pgshift_t.{k} AS pgshift_k{i}"));
+        let join = numbered(&|i, k| format!("pgshift_t.{k} = pgshift_o.pgshift_k{i}"));
+        let source_match = numbered(&|_, k| format!("pgshift_s.{k} = pgshift_t.{k}"));
+        let last_keys = numbered(&|i, _| format!("pgshift_k{i}::text"));
+        let last_order = numbered(&|i, _| format!("pgshift_k{i} DESC"));
+        format!(
+            "WITH pgshift_o AS (SELECT {} FROM {tgt} AS pgshift_t{lower} ORDER BY {} \
+             LIMIT {chunk}), \
+             pgshift_d AS (DELETE FROM {tgt} AS pgshift_t USING pgshift_o WHERE {} \
+             AND NOT EXISTS (SELECT 1 FROM {src} AS pgshift_s WHERE {}) RETURNING 1) \
+             SELECT (SELECT count(*) FROM pgshift_o)::int8, 0::int8, \
+             (SELECT count(*) FROM pgshift_d)::int8, \
+             (SELECT ARRAY[{}] FROM pgshift_o ORDER BY {} LIMIT 1)",
+            keys.join(", "),
+            self.key_names("pgshift_t."),
+            join.join(" AND "),
+            source_match.join(" AND "),
+            last_keys.join(", "),
+            last_order.join(", "),
+            tgt = self.target.quoted(),
+            src = self.source.quoted(),
+        )
     }
 
     /// The key ending a verify chunk of `chunk` source keys after `$1…$k` (from the first key
@@ -442,6 +469,19 @@ impl Mapping {
         )
     }
 
+    /// Whether the source has a row after `$1…$k` (any row when `after` is false).
+    pub fn exists_after_sql(&self, after: bool) -> String {
+        let lower = if after {
+            format!(" WHERE {}", self.bound("pgshift_s.", ">", 1))
+        } else {
+            String::new()
+        };
+        format!(
+            "SELECT EXISTS (SELECT 1 FROM {} AS pgshift_s{lower})",
+            self.source.quoted()
+        )
+    }
+
     /// The planner's row estimate of the source (negative: never analysed).
     pub fn estimate_sql(&self) -> String {
         format!(
@@ -545,6 +585,8 @@ mod tests {
         for m in [in_place(), moved()] {
             for after in [false, true] {
                 parses(&m.batch_sql(500, after));
+                parses(&m.sweep_sql(500, after));
+                parses(&m.exists_after_sql(after));
                 parses(&m.chunk_end_sql(100, after));
                 for upto in [false, true] {
                     parses(&m.compare_sql(after, upto));
@@ -571,7 +613,7 @@ mod tests {
     }
 
     #[test]
-    fn table_batches_upsert_and_delete_orphans_in_range() {
+    fn table_batches_upsert_and_the_sweep_deletes_orphans() {
         let sql = moved().batch_sql(100, true);
         assert!(
             sql.contains(
@@ -579,8 +621,22 @@ mod tests {
             ),
             "{sql}"
         );
-        assert!(sql.contains("(pgshift_t.id, pgshift_t.region) > (CAST($1::text AS bigint), CAST($2::text AS text))"), "{sql}");
-        assert!(sql.contains("NOT EXISTS (SELECT 1 FROM pgshift_b WHERE pgshift_b.id = pgshift_t.id AND pgshift_b.region = pgshift_t.region)"), "{sql}");
+        assert!(!sql.contains("DELETE"), "{sql}");
+        let sweep = moved().sweep_sql(100, true);
+        assert!(
+            sweep.contains(
+                "(pgshift_t.id, pgshift_t.region) > (CAST($1::text AS bigint), \
+                 CAST($2::text AS text))"
+            ),
+            "{sweep}"
+        );
+        assert!(
+            sweep.contains(
+                "NOT EXISTS (SELECT 1 FROM public.orders AS pgshift_s WHERE \
+                 pgshift_s.id = pgshift_t.id AND pgshift_s.region = pgshift_t.region)"
+            ),
+            "{sweep}"
+        );
     }
 
     #[test]
