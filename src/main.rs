@@ -208,6 +208,11 @@ fn serve(path: PathBuf) -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal: log files and collectors get plain text.
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none(),
+        )
         .init();
     let mut builder = match config.proxy.worker_threads {
         // One thread: no cross-thread wake-ups or work stealing between a session's pumps.
