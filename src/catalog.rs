@@ -192,7 +192,7 @@ pub async fn load_shape(
         .query(
             "SELECT a.attname::text, a.atttypid, format_type(a.atttypid, a.atttypmod), \
                     a.attnotnull, pg_catalog.pg_get_expr(d.adbin, d.adrelid), \
-                    a.attgenerated <> '' \
+                    a.attgenerated <> '', a.attidentity = 'a' \
              FROM pg_catalog.pg_attribute a \
              LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped \
@@ -209,6 +209,7 @@ pub async fn load_shape(
             not_null: r.get(3),
             default: r.get(4),
             generated: r.get(5),
+            identity_always: r.get(6),
         })
         .collect();
     // Only key columns (`indnkeyatts`), not INCLUDE ones; `indexprs IS NULL` excludes

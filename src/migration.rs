@@ -200,6 +200,9 @@ pub struct ColumnInfo {
     /// A generated column (`GENERATED ALWAYS AS … STORED`): computed by PostgreSQL, never
     /// written.
     pub generated: bool,
+    /// `GENERATED ALWAYS AS IDENTITY`: an INSERT giving it a value needs `OVERRIDING SYSTEM
+    /// VALUE` (pgshift copies the other table's value into it).
+    pub identity_always: bool,
 }
 
 /// A table's physical shape: live columns in physical order.

@@ -454,3 +454,9 @@ pub(crate) fn statement_kind(statement: &Statement) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// `OVERRIDING SYSTEM VALUE ` when an INSERT into `shape` writing the (quoted) columns `names`
+/// gives a value to a `GENERATED ALWAYS AS IDENTITY` column, else empty.
+pub fn moves_overriding(shape: &crate::migration::TableShape, names: &[String]) -> &'static str {
+    moves::overriding(shape, names)
+}

@@ -90,6 +90,7 @@ async fn load_shape_reads_columns_in_order_with_types_defaults_and_the_key() {
                 not_null,
                 default: default.map(Into::into),
                 generated: false,
+                identity_always: false,
             }
         };
     assert_eq!(shape.name, name);

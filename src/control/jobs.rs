@@ -121,27 +121,29 @@ pub fn check_transition(row: &MigrationRow, to: Phase) -> Result<(), String> {
 
 /// The in-memory twin of the records [`Txn::set_phase`] forgets.
 pub fn forget_on_entering(row: &mut MigrationRow) {
-    let reverse = |v: &Option<Value>| {
-        v.as_ref()
-            .and_then(|v| v.get("direction"))
-            .and_then(Value::as_str)
-            == Some("reverse")
-    };
-    if row.phase == Phase::Planned || (row.phase == Phase::Contract && reverse(&row.backfill)) {
+    if matches!(row.phase, Phase::Planned | Phase::Contract) {
         row.backfill = None;
-    }
-    if row.phase == Phase::Planned || (row.phase == Phase::Contract && reverse(&row.verify)) {
         row.verify = None;
     }
 }
 
-fn direction_for(name: &str, phase: Phase, job: &str) -> Result<Direction, String> {
-    match phase {
-        Phase::Expand | Phase::Switch => Ok(Direction::Forward),
-        Phase::Contract => Ok(Direction::Reverse),
-        p => Err(format!(
-            "{job} of {name:?} runs in expand or switch (forward) or contract (reverse, to roll \
-             back); the migration is in {p}"
+/// Which way a job of `kind` runs in `phase`. A backfill runs forward in expand only: in
+/// switch reads come from the new side, clients lock it first, and a batch locking the old
+/// side first would deadlock with them (both sides were written all along since expand, so
+/// a backfill there has nothing to add). Verify only reads, so it may run in switch too.
+fn direction_for(name: &str, phase: Phase, kind: Job) -> Result<Direction, String> {
+    match (phase, kind) {
+        (Phase::Expand, _) | (Phase::Switch, Job::Verify) => Ok(Direction::Forward),
+        (Phase::Contract, _) => Ok(Direction::Reverse),
+        (Phase::Switch, Job::Backfill) => Err(format!(
+            "the backfill of {name:?} runs in expand (forward) or contract (reverse, to roll \
+             back); in switch both sides have been written since expand — roll back to expand \
+             to backfill again"
+        )),
+        (p, _) => Err(format!(
+            "the {} of {name:?} runs in expand or contract (and verify also in switch); the \
+             migration is in {p}",
+            kind.column()
         )),
     }
 }
@@ -249,16 +251,21 @@ impl ControlPlane {
             .get(name)
             .ok_or_else(|| format!("migration {name:?} is not recorded yet; reload the config"))?;
         let now = txn.now().await.map_err(|e| e.to_string())?;
-        let (job, record) = change(row, now)?;
-        txn.set_job(name, job, &record)
-            .await
-            .map_err(|e| e.to_string())?;
+        let (job, mut record) = change(row, now)?;
         let mut snapshot = None;
         let epoch = if bump {
             Some(txn.bump_epoch().await.map_err(|e| e.to_string())?)
         } else {
             None
         };
+        if let (Some(epoch), Job::Backfill) = (epoch, job) {
+            // The epoch from which every instance writes the side this change concerns: a
+            // resumed reverse backfill waits for its acknowledgments.
+            record["acks_epoch"] = json!(epoch);
+        }
+        txn.set_job(name, job, &record)
+            .await
+            .map_err(|e| e.to_string())?;
         let mut detail = format!(
             "{} {}",
             record["direction"].as_str().unwrap_or("forward"),
@@ -384,7 +391,7 @@ impl ControlPlane {
         resume: bool,
     ) -> Result<Value, String> {
         let row = self.row(name).await?;
-        let direction = direction_for(name, row.phase, "the backfill")?;
+        let direction = direction_for(name, row.phase, Job::Backfill)?;
         let state = row.backfill_state();
         let same_direction = row.backfill_direction() == direction.name();
         let continuing = same_direction && matches!(state, Some("paused" | "failed" | "starting"));
@@ -436,16 +443,19 @@ impl ControlPlane {
                 record["state"] = json!("starting");
                 let expected = row.phase;
                 let starting = record.clone();
-                self.change_job(name, true, move |now, at| {
-                    if now.phase != expected {
-                        return Err(format!("{name:?} moved to {} meanwhile", now.phase));
-                    }
-                    let mut r = starting;
-                    r["started_at"] = json!(at);
-                    Ok((Job::Backfill, r))
-                })
-                .await?;
-                self.snapshots.load().epoch
+                let recorded = self
+                    .change_job(name, true, move |now, at| {
+                        if now.phase != expected {
+                            return Err(format!("{name:?} moved to {} meanwhile", now.phase));
+                        }
+                        let mut r = starting;
+                        r["started_at"] = json!(at);
+                        Ok((Job::Backfill, r))
+                    })
+                    .await?;
+                recorded["acks_epoch"]
+                    .as_u64()
+                    .unwrap_or_else(|| self.snapshots.load().epoch)
             }
         };
         record["acks_epoch"] = json!(acks_epoch);
@@ -516,7 +526,7 @@ impl ControlPlane {
         let config = self.config_now().await;
         Self::migration_config(&config, name)?;
         let row = self.row(name).await?;
-        let direction = direction_for(name, row.phase, "verify")?;
+        let direction = direction_for(name, row.phase, Job::Verify)?;
         if row.backfill_in_progress() {
             return Err(format!(
                 "the backfill of {name:?} is {}; verify once it is done",
@@ -674,42 +684,36 @@ mod tests {
 
     #[test]
     fn entering_planned_or_contract_forgets_what_stopped_being_true() {
-        let mut r = row(Phase::Planned, Some(json!({"state": "done"})));
-        forget_on_entering(&mut r);
-        assert_eq!((r.backfill, r.verify), (None, None));
-        let mut r = row(
-            Phase::Contract,
-            Some(json!({"state": "done", "direction": "reverse"})),
-        );
-        forget_on_entering(&mut r);
-        assert_eq!((r.backfill, r.verify), (None, None));
-        let mut r = row(Phase::Contract, Some(json!({"state": "done"})));
-        forget_on_entering(&mut r);
-        assert!(r.backfill.is_some(), "a forward record stays");
-        let mut r = row(Phase::Expand, Some(json!({"state": "done"})));
-        forget_on_entering(&mut r);
-        assert!(r.backfill.is_some() && r.verify.is_some());
+        for phase in [Phase::Planned, Phase::Contract] {
+            let mut r = row(phase, Some(json!({"state": "done"})));
+            forget_on_entering(&mut r);
+            assert_eq!((r.backfill, r.verify), (None, None), "{phase}");
+        }
+        for phase in [Phase::Expand, Phase::Switch] {
+            let mut r = row(phase, Some(json!({"state": "done"})));
+            forget_on_entering(&mut r);
+            assert!(r.backfill.is_some() && r.verify.is_some(), "{phase}");
+        }
     }
 
     #[test]
     fn jobs_run_only_where_a_side_is_written() {
-        assert_eq!(
-            direction_for("m", Phase::Expand, "x"),
-            Ok(Direction::Forward)
-        );
-        assert_eq!(
-            direction_for("m", Phase::Switch, "x"),
-            Ok(Direction::Forward)
-        );
-        assert_eq!(
-            direction_for("m", Phase::Contract, "x"),
-            Ok(Direction::Reverse)
-        );
+        let f = |phase, job| direction_for("m", phase, job);
+        assert_eq!(f(Phase::Expand, Job::Backfill), Ok(Direction::Forward));
+        assert_eq!(f(Phase::Expand, Job::Verify), Ok(Direction::Forward));
+        assert_eq!(f(Phase::Switch, Job::Verify), Ok(Direction::Forward));
         assert!(
-            direction_for("m", Phase::Planned, "x")
+            f(Phase::Switch, Job::Backfill)
+                .unwrap_err()
+                .contains("roll back to expand")
+        );
+        assert_eq!(f(Phase::Contract, Job::Backfill), Ok(Direction::Reverse));
+        assert_eq!(f(Phase::Contract, Job::Verify), Ok(Direction::Reverse));
+        assert!(
+            f(Phase::Planned, Job::Backfill)
                 .unwrap_err()
                 .contains("planned")
         );
-        assert!(direction_for("m", Phase::Complete, "x").is_err());
+        assert!(f(Phase::Complete, Job::Verify).is_err());
     }
 }

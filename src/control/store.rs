@@ -344,22 +344,19 @@ impl<'a> Txn<'a> {
     }
 
     /// Moves a migration to `phase` at the bumped epoch. Job records that no longer say
-    /// anything true are forgotten: all of them on entering planned (the new side stops being
-    /// written), a reverse backfill and its verify on entering contract (the old side stops
-    /// being written again).
+    /// anything true are forgotten on entering planned (the new side stops being written) and
+    /// contract (the old side stops being written): a backfill or verify from before cannot
+    /// vouch for a side that was not written since.
     pub async fn set_phase(&mut self, name: &str, phase: Phase) -> Result<u64, CatalogError> {
         let epoch = self.bump_epoch().await?;
+        let forget = matches!(phase, Phase::Planned | Phase::Contract);
         self.tx
             .execute(
                 "UPDATE pgshift.migrations SET phase = $2, epoch = $3, updated_at = now(),
-                     backfill = CASE WHEN $2 = 'planned'
-                                       OR ($2 = 'contract' AND backfill->>'direction' = 'reverse')
-                                     THEN NULL ELSE backfill END,
-                     verify = CASE WHEN $2 = 'planned'
-                                     OR ($2 = 'contract' AND verify->>'direction' = 'reverse')
-                                   THEN NULL ELSE verify END
+                     backfill = CASE WHEN $4 THEN NULL ELSE backfill END,
+                     verify = CASE WHEN $4 THEN NULL ELSE verify END
                  WHERE name = $1",
-                &[&name, &phase.name(), &(epoch as i64)],
+                &[&name, &phase.name(), &(epoch as i64), &forget],
             )
             .await
             .map_err(err("recording a phase"))?;
@@ -502,7 +499,8 @@ pub struct JobUpdate {
 }
 
 /// Merges `patch` into the job record of run `run` (stamping `updated_at`, and `finished_at`
-/// when `finished`); `None` when the record belongs to another run or is gone.
+/// when `finished`); `None` when the record belongs to another run or is gone, or, for a
+/// finishing update, when the job is no longer running (a pause or cancel won the race).
 pub async fn update_job(
     client: &Client,
     name: &str,
@@ -519,6 +517,7 @@ pub async fn update_job(
                      || CASE WHEN $4 THEN jsonb_build_object('finished_at',
                             extract(epoch FROM clock_timestamp())) ELSE '{{}}'::jsonb END
                  WHERE name = $1 AND {0}->>'run' = $2
+                   AND (NOT $4 OR {0}->>'state' = 'running')
                  RETURNING {0}->>'state', phase",
                 job.column()
             ),

@@ -18,6 +18,7 @@ fn col(name: &str, oid: u32, ty: &str) -> ColumnInfo {
         not_null: false,
         default: None,
         generated: false,
+        identity_always: false,
     }
 }
 

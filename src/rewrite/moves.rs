@@ -150,9 +150,10 @@ impl MovePlan {
             .map(|n| format!("{n} = EXCLUDED.{n}"))
             .collect();
         format!(
-            "INSERT INTO {} ({}) SELECT {} FROM {source} ON CONFLICT ({}) DO UPDATE SET {}",
+            "INSERT INTO {} ({}) {}SELECT {} FROM {source} ON CONFLICT ({}) DO UPDATE SET {}",
             shape.name.quoted(),
             names.join(", "),
+            overriding(shape, &names),
             values.join(", "),
             conflict.join(", "),
             sets.join(", ")
@@ -174,9 +175,10 @@ impl MovePlan {
             .map(|n| format!("{n} = EXCLUDED.{n}"))
             .collect();
         format!(
-            "INSERT INTO {} ({}) SELECT {} FROM {source} ON CONFLICT ({}) DO UPDATE SET {}",
+            "INSERT INTO {} ({}) {}SELECT {} FROM {source} ON CONFLICT ({}) DO UPDATE SET {}",
             shape.name.quoted(),
             names.join(", "),
+            overriding(shape, names),
             values.join(", "),
             conflict.join(", "),
             sets.join(", ")
@@ -452,6 +454,21 @@ mod insert;
 mod writer;
 
 use writer::Writer;
+
+/// `OVERRIDING SYSTEM VALUE ` when one of the (quoted) `names` is a `GENERATED ALWAYS AS
+/// IDENTITY` column of `shape`: the mirror copies the other table's value into it.
+pub(crate) fn overriding(shape: &crate::migration::TableShape, names: &[String]) -> &'static str {
+    let identity = shape
+        .columns
+        .iter()
+        .filter(|c| c.identity_always)
+        .any(|c| names.contains(&quote_ident(&c.name)));
+    if identity {
+        "OVERRIDING SYSTEM VALUE "
+    } else {
+        ""
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -232,6 +232,7 @@ mod tests {
                     not_null: *not_null,
                     default: has_default.then(|| "x".into()),
                     generated: false,
+                    identity_always: false,
                 })
                 .collect(),
             key: key.iter().map(|k| (*k).into()).collect(),
@@ -308,6 +309,7 @@ mod tests {
             not_null: true,
             default: None,
             generated: false,
+            identity_always: false,
         });
         let err = resolve(&migration(MAPPED), orders(), v2).unwrap_err();
         assert!(

@@ -42,6 +42,7 @@ fn shape(schema: &str, name: &str, columns: &[&str]) -> TableShape {
                 not_null: false,
                 default: None,
                 generated: false,
+                identity_always: false,
             })
             .collect(),
         key: vec![],

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Statement};
+use tokio_postgres::{Client, Row, Statement};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -82,7 +82,7 @@ pub async fn run(
 /// The phases a backfill of `direction` may write in.
 fn allowed(direction: Direction, phase: Phase) -> bool {
     match direction {
-        Direction::Forward => matches!(phase, Phase::Expand | Phase::Switch),
+        Direction::Forward => phase == Phase::Expand,
         Direction::Reverse => phase == Phase::Contract,
     }
 }
@@ -145,16 +145,14 @@ async fn copy(
             }
             continue;
         }
-        let result = db
-            .with_retries(&config, Step::Copy, last_key.as_deref(), token)
-            .await?;
+        let result = db.copy(&config, last_key.as_deref(), token).await?;
         rows_done += result.rows;
         run_rows += result.rows;
         written += result.written;
         deleted += result.deleted;
         counter.increment(result.rows as u64);
         if result.last_key.is_some() {
-            last_key = result.last_key;
+            last_key = result.last_key.clone();
         }
         // A throttled run sleeps after this batch until `due`: count that time already, so
         // the rate shown is the one the run keeps.
@@ -168,7 +166,7 @@ async fn copy(
         rows_total = rows_total.max(rows_done);
         // A short or even empty batch is not the end: FOR UPDATE skips rows deleted while it
         // waited for their locks. The end is an empty batch with nothing after its key.
-        let finished = result.rows == 0 && !db.more_after(last_key.as_deref()).await?;
+        let finished = result.last_key.is_none();
         if finished && mapping.kind == Kind::Table {
             match sweep(name, state, run_id, &mut db, &config, token).await? {
                 Some(n) => deleted += n,
@@ -260,7 +258,10 @@ async fn sweep(
         if open == 0 {
             break;
         }
-        if Instant::now() >= deadline || token.is_cancelled() {
+        if token.is_cancelled() {
+            return Ok(None);
+        }
+        if Instant::now() >= deadline {
             warn!(
                 migration = name,
                 open,
@@ -285,32 +286,41 @@ async fn sweep(
         sleep_or_stop(THROTTLE_RECHECK, token).await;
     }
     let patch = json!({"waiting": null, "step": "sweep"});
-    if store::update_job(state, name, Job::Backfill, run_id, &patch, false)
+    match store::update_job(state, name, Job::Backfill, run_id, &patch, false)
         .await
         .map_err(|e| e.to_string())?
-        .is_none()
     {
-        return Ok(None);
+        Some(update) if update.state == "running" => {}
+        _ => return Ok(None),
     }
     let mut after: Option<Vec<String>> = None;
     let mut deleted = 0;
+    let chunk = db.batch.saturating_mul(SWEEP_CHUNK_FACTOR);
     loop {
-        let chunk = db
-            .with_retries(config, Step::Sweep, after.as_deref(), token)
-            .await?;
-        deleted += chunk.deleted;
-        if chunk.rows == 0 {
-            return Ok(Some(deleted));
+        let lower = after.clone().unwrap_or_default();
+        let end_sql = db.mapping.sweep_end_sql(chunk, after.is_some());
+        let end: Option<Vec<String>> = db
+            .with_retries(config, &end_sql, &lower, token)
+            .await?
+            .map(|row| row.get(0));
+        let mut bounds = lower;
+        bounds.extend(end.clone().unwrap_or_default());
+        let work = Work::Sweep {
+            after: after.is_some(),
+            upto: end.is_some(),
+        };
+        match db.attempts(config, &work, &bounds, token).await? {
+            Done::Deleted(n) => deleted += n,
+            Done::Row(_) => return Err("the sweep returned a row".into()),
         }
-        after = chunk.last_key;
+        if token.is_cancelled() {
+            return Ok(None);
+        }
+        match end {
+            Some(end) => after = Some(end),
+            None => return Ok(Some(deleted)),
+        }
     }
-}
-
-/// What a statement of the backfill does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Step {
-    Copy,
-    Sweep,
 }
 
 /// The connection batches run on, with their statements prepared.
@@ -318,10 +328,10 @@ struct Batcher {
     conn: ControlConnection,
     database: String,
     mapping: Mapping,
-    /// `(first, next)` SQL per step.
+    batch: u32,
+    /// The batch's SQL from the first key, and after a key.
     copy_sql: (String, String),
-    sweep_sql: (String, String),
-    prepared: HashMap<(Step, bool), Statement>,
+    prepared: HashMap<String, Statement>,
 }
 
 impl Batcher {
@@ -334,33 +344,17 @@ impl Batcher {
         let conn = catalog::connect(config, database)
             .await
             .map_err(|e| e.to_string())?;
-        let sweep_chunk = batch.saturating_mul(SWEEP_CHUNK_FACTOR);
         Ok(Batcher {
             conn,
             database: database.to_owned(),
             mapping: mapping.clone(),
+            batch,
             copy_sql: (
                 mapping.batch_sql(batch, false),
                 mapping.batch_sql(batch, true),
             ),
-            sweep_sql: (
-                mapping.sweep_sql(sweep_chunk, false),
-                mapping.sweep_sql(sweep_chunk, true),
-            ),
             prepared: HashMap::new(),
         })
-    }
-
-    /// Whether the source has a row after `after` (any row when `None`).
-    async fn more_after(&self, after: Option<&[String]>) -> Result<bool, String> {
-        let sql = self.mapping.exists_after_sql(after.is_some());
-        let params = texts(after.unwrap_or_default());
-        Ok(self
-            .conn
-            .query_one(sql.as_str(), &params)
-            .await
-            .map_err(|e| describe(&e))?
-            .get(0))
     }
 
     async fn estimate(&self, mapping: &Mapping) -> Result<i64, String> {
@@ -420,13 +414,56 @@ impl Batcher {
         None
     }
 
-    async fn with_retries(
+    /// One batch from the key after `after`.
+    async fn copy(
         &mut self,
         config: &Config,
-        step: Step,
         after: Option<&[String]>,
         token: &CancellationToken,
     ) -> Result<BatchResult, String> {
+        let sql = match after {
+            None => self.copy_sql.0.clone(),
+            Some(_) => self.copy_sql.1.clone(),
+        };
+        let row = self
+            .with_retries(config, &sql, after.unwrap_or_default(), token)
+            .await?
+            .ok_or("a batch returned no row")?;
+        Ok(BatchResult {
+            rows: row.get(0),
+            written: row.get(1),
+            deleted: row.get(2),
+            last_key: row.get(3),
+        })
+    }
+
+    /// Runs `sql` with text parameters `params` in its own short transaction under
+    /// `lock_timeout`, retrying conflicts and lost connections with backoff.
+    async fn with_retries(
+        &mut self,
+        config: &Config,
+        sql: &str,
+        params: &[String],
+        token: &CancellationToken,
+    ) -> Result<Option<Row>, String> {
+        match self
+            .attempts(config, &Work::Statement(sql.to_owned()), params, token)
+            .await?
+        {
+            Done::Row(row) => Ok(row),
+            Done::Deleted(_) => Err("a statement deleted instead of answering".into()),
+        }
+    }
+
+    /// Does `work` in its own short transaction under `lock_timeout`, retrying conflicts and
+    /// lost connections with backoff.
+    async fn attempts(
+        &mut self,
+        config: &Config,
+        work: &Work,
+        params: &[String],
+        token: &CancellationToken,
+    ) -> Result<Done, String> {
         let jobs = &config.jobs;
         let mut backoff = FIRST_BACKOFF;
         let attempts = jobs.max_attempts.max(1);
@@ -446,10 +483,10 @@ impl Batcher {
                     Err(e) => return Err(e.to_string()),
                 }
             }
-            match self.run(step, jobs.lock_timeout, after).await {
+            match self.run(work, params, jobs.lock_timeout).await {
                 Ok(r) => return Ok(r),
                 Err(e) if retryable(&e) && attempt < attempts => {
-                    warn!(error = %describe(&e), attempt, attempts, "backfill batch failed; retrying");
+                    warn!(error = %describe(&e), attempt, attempts, "backfill statement failed; retrying");
                     if e.code().is_none() {
                         self.prepared.clear();
                     }
@@ -458,8 +495,7 @@ impl Batcher {
                 }
                 Err(e) => {
                     return Err(format!(
-                        "batch after key {:?} failed{}: {}",
-                        after.unwrap_or_default(),
+                        "batch after key {params:?} failed{}: {}",
                         if retryable(&e) {
                             format!(" {attempts} times")
                         } else {
@@ -473,24 +509,28 @@ impl Batcher {
         unreachable!("the last attempt returns")
     }
 
-    /// One batch or sweep chunk: `BEGIN; SET LOCAL lock_timeout; <statement>; COMMIT`.
+    /// `BEGIN; SET LOCAL lock_timeout; <work>; COMMIT`, statements prepared once.
     async fn run(
         &mut self,
-        step: Step,
+        work: &Work,
+        params: &[String],
         lock_timeout: Duration,
-        after: Option<&[String]>,
-    ) -> Result<BatchResult, tokio_postgres::Error> {
-        let key = (step, after.is_some());
-        if !self.prepared.contains_key(&key) {
-            let (first, next) = match step {
-                Step::Copy => &self.copy_sql,
-                Step::Sweep => &self.sweep_sql,
-            };
-            let sql = if after.is_some() { next } else { first };
-            let statement = self.conn.client.prepare(sql).await?;
-            self.prepared.insert(key, statement);
+    ) -> Result<Done, tokio_postgres::Error> {
+        let (first, second) = match work {
+            Work::Statement(sql) => (sql.clone(), None),
+            Work::Sweep { after, upto } => (
+                self.mapping.sweep_candidates_sql(*after, *upto),
+                Some(self.mapping.sweep_delete_sql(*after, *upto)),
+            ),
+        };
+        for sql in std::iter::once(&first).chain(second.as_ref()) {
+            if !self.prepared.contains_key(sql) {
+                let statement = self.conn.client.prepare(sql).await?;
+                self.prepared.insert(sql.clone(), statement);
+            }
         }
-        let statement = self.prepared[&key].clone();
+        let first = self.prepared[&first].clone();
+        let second = second.map(|sql| self.prepared[&sql].clone());
         let client: &mut Client = &mut self.conn.client;
         let tx = client.transaction().await?;
         tx.batch_execute(&format!(
@@ -498,16 +538,41 @@ impl Batcher {
             lock_timeout.as_millis().max(1)
         ))
         .await?;
-        let params = texts(after.unwrap_or_default());
-        let row = tx.query_one(&statement, &params).await?;
+        let done = match second {
+            None => Done::Row(tx.query_opt(&first, &texts(params)).await?),
+            Some(delete) => {
+                let orphans: Vec<String> = tx
+                    .query(&first, &texts(params))
+                    .await?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                if orphans.is_empty() {
+                    Done::Deleted(0)
+                } else {
+                    let mut all = texts(params);
+                    all.push(&orphans);
+                    Done::Deleted(tx.query_one(&delete, &all).await?.get(0))
+                }
+            }
+        };
         tx.commit().await?;
-        Ok(BatchResult {
-            rows: row.get(0),
-            written: row.get(1),
-            deleted: row.get(2),
-            last_key: row.get(3),
-        })
+        Ok(done)
     }
+}
+
+/// What one transaction of the backfill does.
+enum Work {
+    /// One statement (a batch, or finding a sweep range).
+    Statement(String),
+    /// A sweep range: lock the orphans, then delete those still orphaned.
+    Sweep { after: bool, upto: bool },
+}
+
+/// What it produced.
+enum Done {
+    Row(Option<Row>),
+    Deleted(i64),
 }
 
 fn texts(values: &[String]) -> Vec<&(dyn ToSql + Sync)> {

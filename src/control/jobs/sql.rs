@@ -64,6 +64,12 @@ pub struct Mapping {
     /// Key columns (same names in both tables) and their type in the source.
     pub key: Vec<(String, String)>,
     pub columns: Vec<Target>,
+    /// The target has a `GENERATED ALWAYS AS IDENTITY` column among `columns`: inserts
+    /// need `OVERRIDING SYSTEM VALUE` to write the source's value into it.
+    pub overriding: bool,
+    /// Table moves: the target's own unique key, the upsert's conflict target (it may be
+    /// narrower than the migration's `key`, e.g. a plain table moved into a partitioned one).
+    pub conflict: Vec<String>,
 }
 
 /// What one backfill batch did.
@@ -96,7 +102,7 @@ impl Mapping {
                 Direction::Forward => (&moved.old, &moved.new, &moved.new_from_old),
                 Direction::Reverse => (&moved.new, &moved.old, &moved.old_from_new),
             };
-            let columns = fed
+            let columns: Vec<Target> = fed
                 .iter()
                 .filter(|(c, _)| target.column(c).is_some_and(|info| !info.generated))
                 .filter_map(|(c, e)| {
@@ -107,11 +113,21 @@ impl Mapping {
                     })
                 })
                 .collect();
+            let names: Vec<String> = columns.iter().map(|t| quote_ident(&t.column)).collect();
+            if target.key.is_empty() {
+                return Err(format!(
+                    "migration {name:?}: table {} has no primary key or unique index for the \
+                     backfill's upsert",
+                    target.name
+                ));
+            }
             return Ok(Mapping {
                 kind: Kind::Table,
                 source: source.name.clone(),
                 target: target.name.clone(),
                 key: key_of(name, source, &moved.key)?,
+                overriding: !crate::rewrite::moves_overriding(target, &names).is_empty(),
+                conflict: target.key.clone(),
                 columns,
             });
         }
@@ -142,6 +158,8 @@ impl Mapping {
                 target: shape.name.clone(),
                 key: key_of(name, shape, &shape.key)?,
                 columns,
+                overriding: false,
+                conflict: Vec::new(),
             });
         }
         Err(format!("migration {name:?} is not active in this instance"))
@@ -184,31 +202,53 @@ impl Mapping {
         }
     }
 
-    fn order_desc(&self, q: &str) -> String {
-        self.key
-            .iter()
-            .map(|(k, _)| format!("{q}{} DESC", quote_ident(k)))
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-
-    /// The SQL of one backfill batch of at most `batch` source rows after the key in
-    /// parameters `$1…$k` (from the first key when `after` is false). Returns one row:
-    /// rows, written, deleted (int8) and the last key (text[]).
+    /// The SQL of one backfill batch: the next `batch` source keys after `$1…$k` (from the
+    /// first key when `after` is false) make the batch's key range, whose rows are then locked
+    /// and copied. Returns one row: rows copied, rows written, 0, and the range's last key
+    /// (text[]; NULL when no key is left, which ends the backfill).
+    ///
+    /// The range is fixed before locking, and the locking scan re-checks both of its bounds:
+    /// under READ COMMITTED a row updated while the batch waited for its lock is re-checked
+    /// against the WHERE clause only (not ORDER BY or LIMIT), so a row whose key moved far away
+    /// must not end up in the batch and become its checkpoint. Values are computed in the
+    /// locking scan, for locked rows only, from their latest version.
     pub fn batch_sql(&self, batch: u32, after: bool) -> String {
         let src = self.source.quoted();
         let tgt = self.target.quoted();
         let lower = if after {
-            format!(" WHERE {}", self.bound("pgshift_s.", ">", 1))
+            format!("{} AND ", self.bound("pgshift_s.", ">", 1))
         } else {
             String::new()
         };
+        let n = self.key.len();
+        let numbered = |f: &dyn Fn(usize, &str) -> String| -> Vec<String> {
+            self.key
+                .iter()
+                .enumerate()
+                .map(|(i, (k, _))| f(i + 1, &quote_ident(k)))
+                .collect()
+        };
+        let k_names: Vec<String> = (1..=n).map(|i| format!("pgshift_k{i}")).collect();
+        let k_desc: Vec<String> = (1..=n).map(|i| format!("pgshift_k{i} DESC")).collect();
+        let k_text: Vec<String> = (1..=n).map(|i| format!("pgshift_k{i}::text")).collect();
         let order = self.key_names("pgshift_s.");
-        let last = format!(
-            "(SELECT {} FROM pgshift_b ORDER BY {} LIMIT 1)",
-            self.key_text_array(""),
-            self.order_desc("")
+        let range = format!(
+            "pgshift_r AS (SELECT {} FROM {src} AS pgshift_s{} ORDER BY {order} LIMIT {batch}), \
+             pgshift_e AS (SELECT {} FROM pgshift_r ORDER BY {} LIMIT 1)",
+            numbered(&|i, k| format!("pgshift_s.{k} AS pgshift_k{i}")).join(", "),
+            if after {
+                format!(" WHERE {}", self.bound("pgshift_s.", ">", 1))
+            } else {
+                String::new()
+            },
+            k_names.join(", "),
+            k_desc.join(", "),
         );
+        let within = format!(
+            "{lower}({order}) <= (SELECT {} FROM pgshift_e)",
+            k_names.join(", ")
+        );
+        let last = format!("(SELECT ARRAY[{}] FROM pgshift_e)", k_text.join(", "));
         let values: Vec<String> = self
             .columns
             .iter()
@@ -221,57 +261,39 @@ impl Mapping {
             .collect();
         match self.kind {
             Kind::InPlace => {
-                let keys: Vec<String> = self
-                    .key
+                let computed: Vec<String> = values
                     .iter()
                     .enumerate()
-                    .map(|(i, (k, _))| {
-                        format!("pgshift_s.{} AS pgshift_k{}", quote_ident(k), i + 1)
-                    })
-                    .collect();
-                let join: Vec<String> = self
-                    .key
-                    .iter()
-                    .enumerate()
-                    .map(|(i, (k, _))| {
-                        format!(
-                            "pgshift_t.{} = pgshift_b.pgshift_k{}",
-                            quote_ident(k),
-                            i + 1
-                        )
-                    })
+                    .map(|(i, v)| format!("{v} AS pgshift_v{}", i + 1))
                     .collect();
                 let sets: Vec<String> = names
                     .iter()
-                    .zip(&values)
-                    .map(|(n, v)| format!("{n} = {v}"))
+                    .enumerate()
+                    .map(|(i, n)| format!("{n} = pgshift_b.pgshift_v{}", i + 1))
                     .collect();
                 let current: Vec<String> = names.iter().map(|n| format!("pgshift_t.{n}")).collect();
-                let last_keys: Vec<String> = (1..=self.key.len())
-                    .map(|i| format!("pgshift_k{i}::text"))
+                let new: Vec<String> = (1..=names.len())
+                    .map(|i| format!("pgshift_b.pgshift_v{i}"))
                     .collect();
-                let last_order: Vec<String> = (1..=self.key.len())
-                    .map(|i| format!("pgshift_k{i} DESC"))
-                    .collect();
+                let join = numbered(&|i, k| format!("pgshift_t.{k} = pgshift_b.pgshift_k{i}"));
                 format!(
-                    "WITH pgshift_b AS (SELECT {} FROM {src} AS pgshift_s{lower} ORDER BY {order} \
-                     LIMIT {batch} FOR UPDATE), \
+                    "WITH {range}, \
+                     pgshift_b AS (SELECT {}, {} FROM {src} AS pgshift_s WHERE {within} \
+                     ORDER BY {order} FOR UPDATE), \
                      pgshift_w AS (UPDATE {tgt} AS pgshift_t SET {} FROM pgshift_b WHERE {} \
                      AND ROW({})::text IS DISTINCT FROM ROW({})::text RETURNING 1) \
                      SELECT (SELECT count(*) FROM pgshift_b)::int8, \
-                     (SELECT count(*) FROM pgshift_w)::int8, 0::int8, \
-                     (SELECT ARRAY[{}] FROM pgshift_b ORDER BY {} LIMIT 1)",
-                    keys.join(", "),
+                     (SELECT count(*) FROM pgshift_w)::int8, 0::int8, {last}",
+                    numbered(&|i, k| format!("pgshift_s.{k} AS pgshift_k{i}")).join(", "),
+                    computed.join(", "),
                     sets.join(", "),
                     join.join(" AND "),
                     current.join(", "),
-                    values.join(", "),
-                    last_keys.join(", "),
-                    last_order.join(", "),
+                    new.join(", "),
                 )
             }
             Kind::Table => {
-                let key_cols: Vec<String> = self.key.iter().map(|(k, _)| quote_ident(k)).collect();
+                let key_cols: Vec<String> = self.conflict.iter().map(|k| quote_ident(k)).collect();
                 let updatable: Vec<&String> =
                     names.iter().filter(|n| !key_cols.contains(n)).collect();
                 let action = if updatable.is_empty() {
@@ -292,11 +314,17 @@ impl Mapping {
                         new.join(", ")
                     )
                 };
+                let overriding = if self.overriding {
+                    "OVERRIDING SYSTEM VALUE "
+                } else {
+                    ""
+                };
                 format!(
-                    "WITH pgshift_b AS (SELECT * FROM {src} AS pgshift_s{lower} ORDER BY {order} \
-                     LIMIT {batch} FOR UPDATE), \
-                     pgshift_w AS (INSERT INTO {tgt} AS pgshift_t ({}) SELECT {} FROM pgshift_b \
-                     ON CONFLICT ({}) {action} RETURNING 1) \
+                    "WITH {range}, \
+                     pgshift_b AS (SELECT * FROM {src} AS pgshift_s WHERE {within} \
+                     ORDER BY {order} FOR UPDATE), \
+                     pgshift_w AS (INSERT INTO {tgt} AS pgshift_t ({}) {overriding}SELECT {} \
+                     FROM pgshift_b ON CONFLICT ({}) {action} RETURNING 1) \
                      SELECT (SELECT count(*) FROM pgshift_b)::int8, \
                      (SELECT count(*) FROM pgshift_w)::int8, 0::int8, {last}",
                     names.join(", "),
@@ -307,66 +335,91 @@ impl Mapping {
         }
     }
 
-    /// Table moves, after the last batch: deletes the target rows among the next `chunk`
-    /// target keys after `$1…$k` (from the first when `after` is false) that have no source
-    /// row. Returns the keys looked at, 0, the rows deleted and the last key looked at.
+    /// Table moves, after the last batch, step one of a sweep range: locks the target rows
+    /// in the key range (`$1…$k`, `$k+1…$2k`] (bounds present as `after` and `upto` say) that
+    /// have no source row, and returns their keys as text. Step two,
+    /// [`Self::sweep_delete_sql`], is a new statement of the same transaction: its fresh
+    /// snapshot sees a source row a client committed while step one waited for a lock (a
+    /// re-checked locked row keeps its first "no source row" verdict), and the rows it deletes
+    /// are locked, so nobody writes them in between. [`Self::sweep_end_sql`] finds the ranges.
     ///
     /// Batches cannot do this themselves: a client DELETE whose snapshot predates a batch's
     /// commit, and which waited for the batch's lock on the source row, removes the source row
     /// but cannot see (so cannot remove) the copy the batch committed. The sweep runs once no
     /// transaction older than the last batch is left, so every such copy is visible to it.
-    pub fn sweep_sql(&self, chunk: u32, after: bool) -> String {
-        let lower = if after {
-            format!(" WHERE {}", self.bound("pgshift_t.", ">", 1))
-        } else {
-            String::new()
-        };
-        let numbered = |f: &dyn Fn(usize, &str) -> String| -> Vec<String> {
-            self.key
-                .iter()
-                .enumerate()
-                .map(|(i, (k, _))| f(i + 1, &quote_ident(k)))
-                .collect()
-        };
-        let keys = numbered(&|i, k| format!("pgshift_t.{k} AS pgshift_k{i}"));
-        let join = numbered(&|i, k| format!("pgshift_t.{k} = pgshift_o.pgshift_k{i}"));
-        let source_match = numbered(&|_, k| format!("pgshift_s.{k} = pgshift_t.{k}"));
-        let last_keys = numbered(&|i, _| format!("pgshift_k{i}::text"));
-        let last_order = numbered(&|i, _| format!("pgshift_k{i} DESC"));
+    pub fn sweep_candidates_sql(&self, after: bool, upto: bool) -> String {
         format!(
-            "WITH pgshift_o AS (SELECT {} FROM {tgt} AS pgshift_t{lower} ORDER BY {} \
-             LIMIT {chunk}), \
-             pgshift_d AS (DELETE FROM {tgt} AS pgshift_t USING pgshift_o WHERE {} \
-             AND NOT EXISTS (SELECT 1 FROM {src} AS pgshift_s WHERE {}) RETURNING 1) \
-             SELECT (SELECT count(*) FROM pgshift_o)::int8, 0::int8, \
-             (SELECT count(*) FROM pgshift_d)::int8, \
-             (SELECT ARRAY[{}] FROM pgshift_o ORDER BY {} LIMIT 1)",
-            keys.join(", "),
+            "SELECT {} FROM {} AS pgshift_t{} AND NOT EXISTS ({}) ORDER BY {} FOR UPDATE",
+            self.key_display("pgshift_t."),
+            self.target.quoted(),
+            self.range_or_all("pgshift_t.", after, upto),
+            self.source_row_exists(),
             self.key_names("pgshift_t."),
-            join.join(" AND "),
-            source_match.join(" AND "),
-            last_keys.join(", "),
-            last_order.join(", "),
-            tgt = self.target.quoted(),
-            src = self.source.quoted(),
         )
+    }
+
+    /// Step two of a sweep range: deletes the rows step one locked (keys as text in the last
+    /// parameter) that still have no source row; returns how many.
+    pub fn sweep_delete_sql(&self, after: bool, upto: bool) -> String {
+        let k = self.key.len();
+        let keys_param = 1 + if after { k } else { 0 } + if upto { k } else { 0 };
+        format!(
+            "WITH pgshift_d AS (DELETE FROM {} AS pgshift_t{} AND {} = ANY(${keys_param}::text[]) \
+             AND NOT EXISTS ({}) RETURNING 1) SELECT count(*)::int8 FROM pgshift_d",
+            self.target.quoted(),
+            self.range_or_all("pgshift_t.", after, upto),
+            self.key_display("pgshift_t."),
+            self.source_row_exists(),
+        )
+    }
+
+    /// `SELECT 1 FROM source AS pgshift_s WHERE <same key as pgshift_t>`.
+    fn source_row_exists(&self) -> String {
+        let same: Vec<String> = self
+            .key
+            .iter()
+            .map(|(k, _)| format!("pgshift_s.{0} = pgshift_t.{0}", quote_ident(k)))
+            .collect();
+        format!(
+            "SELECT 1 FROM {} AS pgshift_s WHERE {}",
+            self.source.quoted(),
+            same.join(" AND ")
+        )
+    }
+
+    /// The key ending a sweep range of `chunk` target keys after `$1…$k`: one row with a
+    /// text[], or no row when fewer keys are left.
+    pub fn sweep_end_sql(&self, chunk: u32, after: bool) -> String {
+        self.nth_key_sql(&self.target, chunk, after)
     }
 
     /// The key ending a verify chunk of `chunk` source keys after `$1…$k` (from the first key
     /// when `after` is false): one row with a text[], or no row when fewer keys are left.
     pub fn chunk_end_sql(&self, chunk: u32, after: bool) -> String {
+        self.nth_key_sql(&self.source, chunk, after)
+    }
+
+    fn nth_key_sql(&self, table: &QualifiedName, chunk: u32, after: bool) -> String {
         let lower = if after {
-            format!(" WHERE {}", self.bound("pgshift_s.", ">", 1))
+            format!(" WHERE {}", self.bound("pgshift_x.", ">", 1))
         } else {
             String::new()
         };
         format!(
-            "SELECT {} FROM {} AS pgshift_s{lower} ORDER BY {} OFFSET {} LIMIT 1",
-            self.key_text_array("pgshift_s."),
-            self.source.quoted(),
-            self.key_names("pgshift_s."),
+            "SELECT {} FROM {} AS pgshift_x{lower} ORDER BY {} OFFSET {} LIMIT 1",
+            self.key_text_array("pgshift_x."),
+            table.quoted(),
+            self.key_names("pgshift_x."),
             chunk.saturating_sub(1)
         )
+    }
+
+    /// [`Self::range`], but always a `WHERE` clause (`WHERE true` without bounds).
+    fn range_or_all(&self, q: &str, after: bool, upto: bool) -> String {
+        match self.range(q, after, upto) {
+            r if r.is_empty() => " WHERE true".to_owned(),
+            r => r,
+        }
     }
 
     /// Parameters: the lower bound `$1…$k` when `after`, then the upper bound when `upto`.
@@ -469,19 +522,6 @@ impl Mapping {
         )
     }
 
-    /// Whether the source has a row after `$1…$k` (any row when `after` is false).
-    pub fn exists_after_sql(&self, after: bool) -> String {
-        let lower = if after {
-            format!(" WHERE {}", self.bound("pgshift_s.", ">", 1))
-        } else {
-            String::new()
-        };
-        format!(
-            "SELECT EXISTS (SELECT 1 FROM {} AS pgshift_s{lower})",
-            self.source.quoted()
-        )
-    }
-
     /// The planner's row estimate of the source (negative: never analysed).
     pub fn estimate_sql(&self) -> String {
         format!(
@@ -544,6 +584,8 @@ mod tests {
                 expr: "CASE WHEN age ~ '^[0-9]+$' THEN age::integer END".into(),
                 type_sql: "integer".into(),
             }],
+            overriding: false,
+            conflict: Vec::new(),
         }
     }
 
@@ -573,6 +615,8 @@ mod tests {
                     type_sql: "bigint".into(),
                 },
             ],
+            overriding: false,
+            conflict: vec!["id".into(), "region".into()],
         }
     }
 
@@ -585,10 +629,11 @@ mod tests {
         for m in [in_place(), moved()] {
             for after in [false, true] {
                 parses(&m.batch_sql(500, after));
-                parses(&m.sweep_sql(500, after));
-                parses(&m.exists_after_sql(after));
+                parses(&m.sweep_end_sql(500, after));
                 parses(&m.chunk_end_sql(100, after));
                 for upto in [false, true] {
+                    parses(&m.sweep_candidates_sql(after, upto));
+                    parses(&m.sweep_delete_sql(after, upto));
                     parses(&m.compare_sql(after, upto));
                     parses(&m.mismatches_sql(after, upto));
                 }
@@ -598,15 +643,26 @@ mod tests {
     }
 
     #[test]
-    fn batches_lock_source_rows_in_key_order_after_the_checkpoint() {
+    fn batches_fix_their_key_range_before_locking_it() {
         let sql = in_place().batch_sql(500, true);
-        assert!(sql.contains(
-            "FROM \"public\".users AS pgshift_s WHERE (pgshift_s.id) > (CAST($1::text AS integer)) \
-             ORDER BY pgshift_s.id LIMIT 500 FOR UPDATE"
-        ) || sql.contains(
-            "FROM public.users AS pgshift_s WHERE (pgshift_s.id) > (CAST($1::text AS integer)) \
-             ORDER BY pgshift_s.id LIMIT 500 FOR UPDATE"
-        ), "{sql}");
+        assert!(
+            sql.contains(
+                "pgshift_r AS (SELECT pgshift_s.id AS pgshift_k1 FROM public.users AS pgshift_s \
+                 WHERE (pgshift_s.id) > (CAST($1::text AS integer)) ORDER BY pgshift_s.id \
+                 LIMIT 500)"
+            ),
+            "{sql}"
+        );
+        // The locking scan re-checks both bounds; values come from the locked rows.
+        assert!(
+            sql.contains(
+                "WHERE (pgshift_s.id) > (CAST($1::text AS integer)) AND (pgshift_s.id) <= \
+                 (SELECT pgshift_k1 FROM pgshift_e) ORDER BY pgshift_s.id FOR UPDATE"
+            ),
+            "{sql}"
+        );
+        assert!(sql.contains("AS pgshift_v1 FROM public.users"), "{sql}");
+        assert!(sql.contains("SET age_int = pgshift_b.pgshift_v1"), "{sql}");
         // Rows already equal are not rewritten.
         assert!(sql.contains("IS DISTINCT FROM"), "{sql}");
         assert!(!in_place().batch_sql(500, false).contains("$1"));
@@ -622,11 +678,12 @@ mod tests {
             "{sql}"
         );
         assert!(!sql.contains("DELETE"), "{sql}");
-        let sweep = moved().sweep_sql(100, true);
+        let sweep = moved().sweep_candidates_sql(true, true);
         assert!(
             sweep.contains(
                 "(pgshift_t.id, pgshift_t.region) > (CAST($1::text AS bigint), \
-                 CAST($2::text AS text))"
+                 CAST($2::text AS text)) AND (pgshift_t.id, pgshift_t.region) <= \
+                 (CAST($3::text AS bigint), CAST($4::text AS text))"
             ),
             "{sweep}"
         );
@@ -636,6 +693,17 @@ mod tests {
                  pgshift_s.id = pgshift_t.id AND pgshift_s.region = pgshift_t.region)"
             ),
             "{sweep}"
+        );
+        assert!(sweep.ends_with("FOR UPDATE"), "{sweep}");
+        let delete = moved().sweep_delete_sql(true, false);
+        assert!(
+            delete.contains("ROW(pgshift_t.id, pgshift_t.region)::text = ANY($3::text[])"),
+            "{delete}"
+        );
+        assert!(
+            moved()
+                .sweep_delete_sql(false, false)
+                .contains("WHERE true AND")
         );
     }
 
