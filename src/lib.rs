@@ -23,6 +23,7 @@ pub mod catalog;
 pub mod config;
 pub mod control;
 pub mod ctl;
+pub mod demo;
 pub mod ephemeral;
 pub mod metrics;
 pub mod migration;

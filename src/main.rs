@@ -52,6 +52,21 @@ enum Command {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
+    /// Watch pgshift rename a column and move a table on a live throw-away database
+    /// (needs only the PostgreSQL server binaries).
+    Demo {
+        /// No prompts or pauses; exit status 0 only when the run ends with zero failed
+        /// transactions and zero divergent rows.
+        #[arg(long)]
+        unattended: bool,
+        /// Leave PostgreSQL and pgshift running at the end (until Ctrl-C) and print how to
+        /// reach them.
+        #[arg(long)]
+        keep: bool,
+        /// Users in the sample database (twice as many orders).
+        #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+        rows: u32,
+    },
     /// Validate a configuration file without serving.
     Check {
         #[arg(long, short)]
@@ -74,6 +89,24 @@ fn main() -> ExitCode {
             command,
         } => return ctl(socket, config, json, command.join(" ")),
         Command::Check { config, connect } => check(config, connect),
+        Command::Demo {
+            unattended,
+            keep,
+            rows,
+        } => {
+            return match pgshift::demo::run(pgshift::demo::Options {
+                unattended,
+                keep,
+                rows,
+            }) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("pgshift demo: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
