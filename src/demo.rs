@@ -95,7 +95,7 @@ async fn demo(options: Options) -> anyhow::Result<bool> {
     .await?
     .context("cannot start PostgreSQL")?;
     say.line(&format!(
-        "PostgreSQL {} on port {}",
+        "PostgreSQL from {} on port {}",
         pg.bindir().display(),
         pg.port()
     ));
