@@ -63,6 +63,10 @@ pub struct TablePlan {
     pub derived: String,
     /// For a table of a table move whose reads are served from the other table: the move.
     pub moved: Option<Arc<crate::migration::TableMove>>,
+    /// Old names the table still answers to although their columns were dropped (complete,
+    /// after `complete_sql`), each once: the derived table computes them after the physical
+    /// columns, so `*` over it must be expanded to the physical columns only.
+    pub dropped: Vec<String>,
 }
 
 impl TablePlan {
@@ -101,12 +105,20 @@ impl TablePlan {
                 });
             }
         }
-        let derived = derived_table(&shape, &pairs);
+        let mut dropped: Vec<String> = Vec::new();
+        for p in &pairs {
+            // A split maps several pairs to one old column: it answers once.
+            if p.reads_new() && p.old_type.is_none() && !dropped.contains(&p.old) {
+                dropped.push(p.old.clone());
+            }
+        }
+        let derived = derived_table(&shape, &pairs, &dropped);
         Ok(TablePlan {
             shape,
             pairs,
             derived,
             moved: None,
+            dropped,
         })
     }
 
@@ -137,6 +149,7 @@ impl TablePlan {
             pairs: Vec::new(),
             derived: format!("(SELECT {} FROM {})", cols.join(", "), source.name.quoted()),
             moved: Some(moved.clone()),
+            dropped: Vec::new(),
         })
     }
 
@@ -171,7 +184,7 @@ impl TablePlan {
     }
 }
 
-fn derived_table(shape: &TableShape, pairs: &[PairPlan]) -> String {
+fn derived_table(shape: &TableShape, pairs: &[PairPlan], dropped: &[String]) -> String {
     let mut cols: Vec<String> = Vec::with_capacity(shape.columns.len() + 1);
     for c in &shape.columns {
         let name = quote_ident(&c.name);
@@ -180,14 +193,16 @@ fn derived_table(shape: &TableShape, pairs: &[PairPlan]) -> String {
             None => cols.push(name),
         }
     }
-    for p in pairs {
-        if p.reads_new() && p.old_type.is_none() {
-            cols.push(format!(
-                "{} AS {}",
-                p.computed(quote_ident),
-                quote_ident(&p.old)
-            ));
-        }
+    for old in dropped {
+        let p = pairs
+            .iter()
+            .find(|p| p.old == *old)
+            .expect("dropped names come from the pairs");
+        cols.push(format!(
+            "{} AS {}",
+            p.computed(quote_ident),
+            quote_ident(old)
+        ));
     }
     format!("(SELECT {} FROM {})", cols.join(", "), shape.name.quoted())
 }

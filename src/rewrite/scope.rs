@@ -3,13 +3,16 @@
 //! computes the non-authoritative columns from the authoritative side, under the original
 //! alias or the table's own name; references to the DML target's non-authoritative columns
 //! become their expressions. CTE names shadow tables within their query (scope is tracked).
+//! Once `complete_sql` dropped an old column, the derived table still computes the old name
+//! after the physical columns, so `*` and `t.*` over it are expanded to the physical columns.
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use sqlparser::ast::{
-    Expr, Ident, ObjectName, ObjectNamePart, Query, Spanned, Statement, TableFactor, Visit,
-    Visitor, visit_relations,
+    Expr, Ident, JoinConstraint, JoinOperator, ObjectName, ObjectNamePart, Query, Select,
+    SelectItem, SelectItemQualifiedWildcardKind, SetExpr, Spanned, Statement, TableAlias,
+    TableFactor, TableWithJoins, Visit, Visitor, WildcardAdditionalOptions, visit_relations,
 };
 
 use super::splice::{Edits, LineIndex};
@@ -55,7 +58,7 @@ impl Target {
     }
 
     /// The expression for a non-authoritative column of the target, qualified.
-    fn computed(&self, column: &str) -> Option<String> {
+    pub(super) fn computed(&self, column: &str) -> Option<String> {
         let pair = self.plan.non_authoritative(column)?;
         Some(pair.computed(|c| format!("{}.{}", self.qualifier_text, quote_ident(c))))
     }
@@ -185,6 +188,56 @@ pub fn column_names(statement: &Statement) -> Vec<String> {
     names
 }
 
+/// A FROM item as `*` expands it.
+struct FromItem {
+    /// The name qualifying its columns: normalized, and as written.
+    qualifier: Option<(String, String)>,
+    /// A migrated table whose derived table also computes old names whose columns were
+    /// dropped: `*` lists its physical columns only.
+    dropped: Option<Arc<TablePlan>>,
+    /// Such a table hidden where `*` cannot be expanded column by column (inside an aliased
+    /// join, or under column aliases).
+    opaque: Option<Arc<TablePlan>>,
+}
+
+/// True for a join that merges its join columns in `*` (`USING`, `NATURAL`).
+fn merges_columns(op: &JoinOperator) -> bool {
+    use JoinOperator as J;
+    let constraint = match op {
+        J::Join(c)
+        | J::Inner(c)
+        | J::Left(c)
+        | J::LeftOuter(c)
+        | J::Right(c)
+        | J::RightOuter(c)
+        | J::FullOuter(c)
+        | J::CrossJoin(c)
+        | J::Semi(c)
+        | J::LeftSemi(c)
+        | J::RightSemi(c)
+        | J::Anti(c)
+        | J::LeftAnti(c)
+        | J::RightAnti(c)
+        | J::StraightJoin(c) => c,
+        J::AsOf { constraint, .. } => constraint,
+        _ => return false,
+    };
+    matches!(
+        constraint,
+        JoinConstraint::Using(_) | JoinConstraint::Natural
+    )
+}
+
+/// True when a wildcard carries options PostgreSQL does not have (`EXCLUDE`, `REPLACE`…).
+fn has_wildcard_options(opts: &WildcardAdditionalOptions) -> bool {
+    opts.opt_ilike.is_some()
+        || opts.opt_exclude.is_some()
+        || opts.opt_except.is_some()
+        || opts.opt_replace.is_some()
+        || opts.opt_rename.is_some()
+        || opts.opt_alias.is_some()
+}
+
 struct Walker<'a, 'e> {
     /// `None` when only target column references are rewritten.
     rw: Option<&'a Rewriter>,
@@ -267,6 +320,225 @@ impl Walker<'_, '_> {
         ControlFlow::Continue(())
     }
 
+    /// `*` and `t.*` over a migrated table whose old columns were dropped (complete) would
+    /// list the old names the derived table still computes: they become the physical
+    /// columns, qualified (`SELECT *` returns the physical columns in physical order).
+    fn expand_wildcards(&mut self, body: &SetExpr) -> ControlFlow<()> {
+        match body {
+            SetExpr::Select(select) => self.select_wildcards(select),
+            SetExpr::SetOperation { left, right, .. } => {
+                self.expand_wildcards(left)?;
+                self.expand_wildcards(right)
+            }
+            _ => ControlFlow::Continue(()),
+        }
+    }
+
+    fn select_wildcards(&mut self, select: &Select) -> ControlFlow<()> {
+        let has_wildcard = select.projection.iter().any(|i| {
+            matches!(
+                i,
+                SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..)
+            )
+        });
+        if !has_wildcard {
+            return ControlFlow::Continue(());
+        }
+        let mut items = Vec::new();
+        let mut merges = false;
+        for from in &select.from {
+            self.collect_from(from, &mut items, &mut merges);
+        }
+        let Some(plan) = items
+            .iter()
+            .find_map(|i| i.dropped.clone().or_else(|| i.opaque.clone()))
+        else {
+            return ControlFlow::Continue(());
+        };
+        let physical = |plan: &TablePlan, qualifier: &str| {
+            plan.shape
+                .columns
+                .iter()
+                .map(|c| format!("{qualifier}.{}", quote_ident(&c.name)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        for item in &select.projection {
+            match item {
+                SelectItem::Wildcard(opts) => {
+                    let why = if merges {
+                        Some("SELECT * over a JOIN … USING or a NATURAL JOIN")
+                    } else if items.iter().any(|i| i.opaque.is_some()) {
+                        Some("SELECT * over an aliased join or a column alias list")
+                    } else if items.iter().any(|i| i.qualifier.is_none()) {
+                        Some("SELECT * with a FROM item that has no alias")
+                    } else if has_wildcard_options(opts) {
+                        Some("SELECT * with options")
+                    } else {
+                        None
+                    };
+                    if let Some(why) = why {
+                        return self.refuse(
+                            &plan,
+                            format!(
+                                "{why} naming {}, whose old column{} {} dropped (complete),                                  is not supported; name the columns",
+                                plan.name(),
+                                if plan.dropped.len() == 1 { "" } else { "s" },
+                                if plan.dropped.len() == 1 { "was" } else { "were" },
+                            ),
+                        );
+                    }
+                    let list: Vec<String> = items
+                        .iter()
+                        .map(|i| {
+                            let (_, q) = i.qualifier.as_ref().expect("checked above");
+                            match &i.dropped {
+                                Some(p) => physical(p, q),
+                                None => format!("{q}.*"),
+                            }
+                        })
+                        .collect();
+                    let Some(range) = self.index.range(opts.wildcard_token.0.span) else {
+                        return self.refuse(&plan, "cannot locate SELECT *".into());
+                    };
+                    self.edits.replace(range, list.join(", "));
+                }
+                SelectItem::QualifiedWildcard(
+                    SelectItemQualifiedWildcardKind::ObjectName(name),
+                    opts,
+                ) => {
+                    let parts = idents(name).unwrap_or_default();
+                    let [q] = parts.as_slice() else {
+                        continue;
+                    };
+                    let wanted = normalize_ident(q);
+                    let Some(from) = items
+                        .iter()
+                        .find(|i| i.qualifier.as_ref().is_some_and(|(n, _)| *n == wanted))
+                    else {
+                        continue;
+                    };
+                    if let Some(p) = &from.opaque {
+                        let p = p.clone();
+                        return self.refuse(
+                            &p,
+                            format!(
+                                "{wanted}.* over an aliased join or a column alias list naming                                  {}, whose old columns were dropped (complete), is not                                  supported; name the columns",
+                                p.name()
+                            ),
+                        );
+                    }
+                    let Some(p) = from.dropped.clone() else {
+                        continue;
+                    };
+                    let range = match (
+                        self.index.range(name.span()),
+                        self.index.range(opts.wildcard_token.0.span),
+                    ) {
+                        (Some(start), Some(end)) if !has_wildcard_options(opts) => {
+                            start.start..end.end
+                        }
+                        _ => return self.refuse(&p, format!("cannot expand {wanted}.*")),
+                    };
+                    let Some(written) = self.source(q).map(str::to_owned) else {
+                        return self.refuse(&p, format!("cannot expand {wanted}.*"));
+                    };
+                    self.edits.replace(range, physical(&p, &written));
+                }
+                _ => {}
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// The FROM items of `from` in the order `*` lists them; `merges` is set when a join
+    /// merges columns.
+    fn collect_from(&self, from: &TableWithJoins, items: &mut Vec<FromItem>, merges: &mut bool) {
+        self.collect_factor(&from.relation, items, merges);
+        for join in &from.joins {
+            *merges |= merges_columns(&join.join_operator);
+            self.collect_factor(&join.relation, items, merges);
+        }
+    }
+
+    fn collect_factor(&self, factor: &TableFactor, items: &mut Vec<FromItem>, merges: &mut bool) {
+        let aliased = |alias: &Option<TableAlias>| {
+            alias.as_ref().map(|a| {
+                let written = self
+                    .source(&a.name)
+                    .map_or_else(|| quote_ident(&a.name.value), str::to_owned);
+                (normalize_ident(&a.name), written)
+            })
+        };
+        let item = match factor {
+            TableFactor::Table {
+                name, alias, args, ..
+            } => {
+                let parts = idents(name).unwrap_or_default();
+                let qualifier = aliased(alias).or_else(|| {
+                    let last = parts.last()?;
+                    let written = self
+                        .source(last)
+                        .map_or_else(|| quote_ident(&last.value), str::to_owned);
+                    Some((normalize_ident(last), written))
+                });
+                let at = self.index.offset(name.span().start).unwrap_or(0);
+                let plan = match (args, self.rw) {
+                    (None, Some(rw)) if !parts.is_empty() && !self.is_cte(&parts, at) => rw
+                        .resolve(&parts)
+                        .filter(|p| !p.dropped.is_empty())
+                        .cloned(),
+                    _ => None,
+                };
+                let column_aliases = alias.as_ref().is_some_and(|a| !a.columns.is_empty());
+                match plan {
+                    Some(p) if column_aliases => FromItem {
+                        qualifier,
+                        dropped: None,
+                        opaque: Some(p),
+                    },
+                    plan => FromItem {
+                        qualifier,
+                        dropped: plan,
+                        opaque: None,
+                    },
+                }
+            }
+            TableFactor::NestedJoin {
+                table_with_joins,
+                alias: None,
+            } => return self.collect_from(table_with_joins, items, merges),
+            TableFactor::NestedJoin {
+                table_with_joins,
+                alias,
+            } => {
+                let mut inner = Vec::new();
+                let mut inner_merges = false;
+                self.collect_from(table_with_joins, &mut inner, &mut inner_merges);
+                FromItem {
+                    qualifier: aliased(alias),
+                    dropped: None,
+                    opaque: inner.into_iter().find_map(|i| i.dropped.or(i.opaque)),
+                }
+            }
+            TableFactor::Derived { alias, .. }
+            | TableFactor::TableFunction { alias, .. }
+            | TableFactor::Function { alias, .. }
+            | TableFactor::UNNEST { alias, .. }
+            | TableFactor::JsonTable { alias, .. } => FromItem {
+                qualifier: aliased(alias),
+                dropped: None,
+                opaque: None,
+            },
+            _ => FromItem {
+                qualifier: None,
+                dropped: None,
+                opaque: None,
+            },
+        };
+        items.push(item);
+    }
+
     fn replace_column(
         &mut self,
         target: &Target,
@@ -326,6 +598,9 @@ impl Visitor for Walker<'_, '_> {
             })
             .unwrap_or_default();
         self.ctes.push(names);
+        if self.skipping == 0 && self.rw.is_some() {
+            self.expand_wildcards(&query.body)?;
+        }
         ControlFlow::Continue(())
     }
 

@@ -549,3 +549,127 @@ fn transaction_control_beside_a_table_move_passes() {
         );
     }
 }
+
+/// `full_name` split into `first_name` + `last_name` (config/examples/column-split.toml) in
+/// `phase`; `dropped`: `complete_sql` dropped `full_name`.
+fn split(phase: Phase, dropped: bool) -> Rewriter {
+    use crate::migration::{ColumnInfo, ColumnPair, ColumnsMigration, MigratedTable, TableShape};
+    let col = |name: &str, oid: u32, ty: &str| ColumnInfo {
+        name: name.into(),
+        type_oid: oid,
+        type_sql: ty.into(),
+        not_null: false,
+        default: None,
+        generated: false,
+        identity_always: false,
+    };
+    let mut columns = vec![col("id", 23, "integer")];
+    if !dropped {
+        columns.push(col("full_name", 25, "text"));
+    }
+    columns.extend([
+        col("email", 25, "text"),
+        col("first_name", 25, "text"),
+        col("last_name", 25, "text"),
+    ]);
+    let shape = TableShape {
+        name: QualifiedName::parse("public.users").unwrap(),
+        columns,
+        key: vec!["id".into()],
+    };
+    let pair = |new: &str, up: &str| ColumnPair {
+        old: "full_name".into(),
+        new: new.into(),
+        up: up.into(),
+        down: "concat_ws(' ', first_name, last_name)".into(),
+    };
+    let table = MigratedTable {
+        migrations: vec![std::sync::Arc::new(ColumnsMigration {
+            name: "split".into(),
+            database: "app".into(),
+            table: shape.name.clone(),
+            phase,
+            pairs: vec![
+                pair("first_name", "split_part(full_name, ' ', 1)"),
+                pair("last_name", "split_part(full_name, ' ', 2)"),
+            ],
+        })],
+        shape,
+    };
+    Rewriter::new(&[table], &[]).unwrap()
+}
+
+#[test]
+fn a_split_update_of_one_part_keeps_the_others_as_read() {
+    // Expand: the other part is up(old) of the row, not its stored (maybe NULL) value.
+    assert_eq!(
+        rewritten(
+            &split(Phase::Expand, false),
+            "UPDATE users SET last_name = 'X' WHERE id = 1"
+        ),
+        "UPDATE users SET full_name = (concat_ws(' ', (split_part(users.full_name, ' ', 1))::text, ('X')::text)), last_name = 'X' WHERE id = 1"
+    );
+    // Switch: the stored new columns are the truth.
+    assert_eq!(
+        rewritten(
+            &split(Phase::Switch, false),
+            "UPDATE users u SET last_name = 'X' WHERE id = 1"
+        ),
+        "UPDATE users u SET full_name = (concat_ws(' ', u.first_name, ('X')::text)), last_name = 'X' WHERE id = 1"
+    );
+}
+
+#[test]
+fn a_split_old_column_written_in_contract_writes_every_part() {
+    for dropped in [false, true] {
+        let rw = split(Phase::Contract, dropped);
+        assert_eq!(
+            rewritten(&rw, "INSERT INTO users (id, full_name) VALUES (1, 'a b')"),
+            "INSERT INTO users (id, first_name, last_name) VALUES (1, (split_part(('a b')::text, ' ', 1)), (split_part(('a b')::text, ' ', 2)))"
+        );
+        assert_eq!(
+            rewritten(&rw, "UPDATE users SET full_name = $1 WHERE id = 2"),
+            "UPDATE users SET last_name = (split_part(($1)::text, ' ', 2)), first_name = (split_part(($1)::text, ' ', 1)) WHERE id = 2"
+        );
+        let r = refused(&rw, "UPDATE users SET full_name = 'a', first_name = 'b'");
+        assert!(r.reason.contains("both full_name and first_name"), "{r:?}");
+    }
+}
+
+#[test]
+fn after_complete_star_lists_the_physical_columns_and_old_names_answer_once() {
+    let rw = split(Phase::Complete, true);
+    let derived = "(SELECT id, email, first_name, last_name, (concat_ws(' ', first_name, last_name)) AS full_name FROM public.users)";
+    assert_eq!(
+        rewritten(&rw, "SELECT full_name FROM users"),
+        format!("SELECT full_name FROM {derived} AS users")
+    );
+    assert_eq!(
+        rewritten(&rw, "SELECT * FROM users u JOIN orders o ON o.uid = u.id"),
+        format!(
+            "SELECT u.id, u.email, u.first_name, u.last_name, o.* FROM {derived} u JOIN orders o ON o.uid = u.id"
+        )
+    );
+    assert_eq!(
+        rewritten(&rw, "SELECT \"Users\".*, 1 FROM users AS \"Users\""),
+        format!(
+            "SELECT \"Users\".id, \"Users\".email, \"Users\".first_name, \"Users\".last_name, 1 FROM {derived} AS \"Users\""
+        )
+    );
+    // `*` of other tables and of a contract table (whose old column still exists) is kept.
+    assert_eq!(
+        rewritten(&rw, "SELECT o.* FROM orders o JOIN users u ON o.uid = u.id"),
+        format!("SELECT o.* FROM orders o JOIN {derived} u ON o.uid = u.id")
+    );
+    let contract = split(Phase::Contract, false);
+    assert!(rewritten(&contract, "SELECT * FROM users").starts_with("SELECT * FROM"));
+    for sql in [
+        "SELECT * FROM users JOIN orders USING (id)",
+        "SELECT * FROM users NATURAL JOIN orders",
+        "SELECT j.* FROM (users JOIN orders ON true) AS j",
+        "SELECT * FROM users AS u(a, b)",
+    ] {
+        let r = refused(&rw, sql);
+        assert!(r.reason.contains("name the columns"), "{sql}: {r:?}");
+    }
+}

@@ -28,7 +28,8 @@ pub(super) struct Change<'p> {
     pub(super) pair: &'p PairPlan,
     /// The column written by pgshift.
     pub(super) column: String,
-    /// Whether it is added (`true`) or replaces the written old column (contract).
+    /// Whether it is added (`true`) or replaces the written old column (contract; for a
+    /// split, the first new column replaces it and the others are added).
     pub(super) added: bool,
     /// Its type, for pinning parameters copied into the template.
     pub(super) writes_new: bool,
@@ -86,10 +87,13 @@ pub(super) fn plan_changes<'p>(
                     pair.old, pair.new, pair.phase, pair.new
                 )));
             }
+            // A split: the first new column takes the old one's place, the others are added
+            // beside it, each with its own `up` of the value written to the old column.
+            let renamed = changes.iter().any(|c| !c.added && c.pair.old == pair.old);
             changes.push(Change {
                 pair,
                 column: pair.new.clone(),
-                added: false,
+                added: renamed,
                 writes_new: true,
             });
         }

@@ -197,7 +197,12 @@ pub(super) fn assignment_edits(
 }
 
 /// The template of `change` rendered for an UPDATE: columns set by the statement take their
-/// value (`computed` is the placeholder for the one evaluated once), others the target row's.
+/// value (`computed` is the placeholder for the one evaluated once), others the target row's
+/// value as the client reads it. A column the statement leaves alone keeps that value, so a
+/// non-authoritative one is computed from the authoritative side, not read as stored: in
+/// expand, `SET last_name = …` of a split rebuilds the old column from `up(old)` of the
+/// other new columns (still NULL in rows the backfill has not copied); in switch the stored
+/// new columns are the truth and are read as they are.
 fn render_update<'a>(
     plan: &TablePlan,
     target: &Target,
@@ -226,7 +231,9 @@ fn render_update<'a>(
                 failure = Some(e);
                 String::new()
             }),
-            None => format!("{}.{}", target.qualifier_text, quote_ident(col)),
+            None => target
+                .computed(col)
+                .unwrap_or_else(|| format!("{}.{}", target.qualifier_text, quote_ident(col))),
         }
     });
     failure.map_or(Ok(text), |reason| Err(plan.refuse(reason)))
