@@ -320,6 +320,28 @@ impl ControlPlane {
                     .await
                     .map_err(|e| e.to_string())?;
             }
+            // A migration the file no longer declares (planned or complete: check_definitions
+            // refused the others) must leave the snapshot: a new epoch makes every session's
+            // next transaction stop translating its names.
+            let current = self.snapshots.load();
+            let removed: Vec<String> = current
+                .phases()
+                .map(|(name, _)| name.to_owned())
+                .filter(|name| !config.migrations.iter().any(|m| &m.name == name))
+                .collect();
+            for name in &removed {
+                txn.bump_epoch().await.map_err(|e| e.to_string())?;
+                txn.event(Event {
+                    migration: Some(name),
+                    actor: &actor,
+                    action: "forget",
+                    from: current.phase(name),
+                    to: current.phase(name),
+                    detail: Some("removed from the config file"),
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            }
             txn.commit().await.map_err(|e| e.to_string())?;
             inner.config = config.clone();
         }

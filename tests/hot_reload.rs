@@ -477,3 +477,45 @@ async fn a_sighup_right_after_the_ready_line_reloads() {
         .await;
     }
 }
+
+/// Removing a completed migration from the file takes effect at the reload, not at the next
+/// restart: the reload moves the epoch, so the next transaction of an already connected
+/// session stops translating the old name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_completed_migration_stops_its_translation_at_the_reload() {
+    let users = Users::start("reload_forget", "planned", "planned").await;
+    users.set_phases("complete", "planned").await;
+    let app = users.app().await;
+    app.batch_execute("UPDATE users SET display_name = 'renamed' WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(
+        user_name_of_1(&app).await.as_deref(),
+        Some("renamed"),
+        "translated in complete"
+    );
+    let epoch = users.proxy.epoch().await;
+
+    let without = ProxyConfig::new(cluster()).extra("\n[control]\nuser = \"postgres\"\n");
+    users.proxy.reload(&without).await;
+    assert!(
+        users.proxy.epoch().await > epoch,
+        "the reload moved the epoch"
+    );
+    // The physical, no longer written user_name answers now, as it would directly.
+    assert_eq!(user_name_of_1(&app).await.as_deref(), Some("ann"));
+    let events = users.proxy.ctl(&["events", RENAME]).await;
+    assert!(
+        events["events"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["action"] == "forget")),
+        "{events}"
+    );
+}
+
+async fn user_name_of_1(app: &tokio_postgres::Client) -> Option<String> {
+    app.query_one("SELECT user_name FROM users WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
