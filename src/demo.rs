@@ -236,8 +236,8 @@ async fn demo(options: Options) -> anyhow::Result<bool> {
     let status = admin_ok(&pgshift.socket, "status").await?;
     for m in status["migrations"].as_array().into_iter().flatten() {
         say.line(&format!(
-            "{}: {} statements used old names in the last 5 minutes (an operator waits for 0 \
-             before complete)",
+            "{}: {} statements used old names in the last 5 minutes (the old app has just \
+             stopped; in production, wait until no statement uses them before complete)",
             m["name"].as_str().unwrap_or("?"),
             m["old_name_statements_5m"]
         ));

@@ -73,8 +73,10 @@ const PORT_ATTEMPTS: usize = 5;
 pub enum EphemeralError {
     /// No usable PostgreSQL server binaries.
     #[error(
-        "no PostgreSQL server binaries found (looked in: {searched}); install the Debian package \
-         `postgresql` or set PGSHIFT_TEST_PG_BINDIR to the directory holding `initdb` and `postgres`"
+        "no PostgreSQL server binaries found (looked in: {searched}); install the PostgreSQL \
+         server package (Debian/Ubuntu: `apt-get install postgresql`; Fedora/RHEL: `dnf install \
+         postgresql-server`; Arch: `pacman -S postgresql`; macOS: `brew install postgresql@15`) \
+         or set PGSHIFT_TEST_PG_BINDIR to the directory holding `initdb` and `postgres`"
     )]
     NoBinaries { searched: String },
     /// An I/O error with what was being done.
@@ -455,7 +457,8 @@ impl Drop for EphemeralPostgres {
 }
 
 /// Finds the directory with `initdb` and `postgres`: `PGSHIFT_TEST_PG_BINDIR`, else
-/// `pg_config --bindir`, else the highest `/usr/lib/postgresql/*/bin`.
+/// `pg_config --bindir`, else the highest `/usr/lib/postgresql/*/bin` (Debian), else the first
+/// `PATH` directory holding both (Fedora, Arch and Homebrew install them there).
 pub fn find_bindir() -> Result<PathBuf, EphemeralError> {
     let mut searched = Vec::new();
     if let Some(dir) = std::env::var_os("PGSHIFT_TEST_PG_BINDIR") {
@@ -486,9 +489,14 @@ pub fn find_bindir() -> Result<PathBuf, EphemeralError> {
         .collect();
     versions.sort();
     searched.push("/usr/lib/postgresql/*/bin".to_string());
-    versions
-        .pop()
-        .map(|(_, dir)| dir)
+    if let Some((_, dir)) = versions.pop() {
+        return Ok(dir);
+    }
+    searched.push("PATH".to_string());
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .find(|dir| has_server_binaries(dir))
         .ok_or_else(|| EphemeralError::NoBinaries {
             searched: searched.join(", "),
         })
