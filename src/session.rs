@@ -24,6 +24,13 @@ use crate::wire::{self, Severity, WireError};
 
 pub use relay::SessionEnd;
 
+/// The server → client frame scan every forwarded read buffer goes through, from a fresh
+/// session state: returns how many bytes of `buf` it forwards as they are (benches/forward.rs).
+#[doc(hidden)]
+pub fn scan_server_buffer(buf: &[u8]) -> usize {
+    relay::scan_server_buffer(buf)
+}
+
 /// Why a session could not be established or continue.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {

@@ -20,6 +20,14 @@ use tokio::time::Instant;
 mod client;
 mod server;
 
+/// The server → client scan over `buf` from a fresh session state (no requests owed):
+/// the bytes it lets through unchanged. For the forwarding benchmark.
+pub(crate) fn scan_server_buffer(buf: &[u8]) -> usize {
+    let mut cursor = crate::wire::FrameCursor::default();
+    let mut replies = crate::session::replies::Replies::default();
+    server::scan(buf, &mut cursor, &mut replies).consumed
+}
+
 use super::intercept::Interceptor;
 use super::replies::Replies;
 use super::upstream::Established;
