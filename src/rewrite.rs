@@ -89,6 +89,8 @@ pub struct Rewriter {
     moves: Vec<Arc<moves::MovePlan>>,
     prefilter: Prefilter,
     cache: RewriteCache,
+    /// Some table's old columns were dropped (complete): only then may `*` need expanding.
+    any_dropped: bool,
 }
 
 /// Rewrites remembered per database and snapshot.
@@ -121,12 +123,19 @@ impl Rewriter {
             }))
             .collect();
         let prefilter = Prefilter::new(names);
+        let any_dropped = plans.iter().any(|p| !p.dropped.is_empty());
         Ok(Rewriter {
             tables: plans,
             moves,
             prefilter,
             cache: RewriteCache::new(CACHE_CAPACITY),
+            any_dropped,
         })
+    }
+
+    /// Whether some table's old columns were dropped, so `*` over it must be expanded.
+    pub(crate) fn any_dropped(&self) -> bool {
+        self.any_dropped
     }
 
     /// True when no migration is active: every statement passes untouched.

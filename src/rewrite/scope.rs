@@ -598,7 +598,7 @@ impl Visitor for Walker<'_, '_> {
             })
             .unwrap_or_default();
         self.ctes.push(names);
-        if self.skipping == 0 && self.rw.is_some() {
+        if self.skipping == 0 && self.rw.is_some_and(|rw| rw.any_dropped()) {
             self.expand_wildcards(&query.body)?;
         }
         ControlFlow::Continue(())
