@@ -88,3 +88,47 @@ build_pgshift() {
     fi
     [ -x "$PGSHIFT_BIN" ] || die "pgshift binary $PGSHIFT_BIN not found"
 }
+
+# start_postgres [SETTINGS]: initdb into $DATA and start PostgreSQL on a free port of
+# 127.0.0.1 (fsync off; SETTINGS are more ` -c name=value` options). Sets PG_PORT and
+# PG_STARTED, exports PGHOST and PGUSER. Needs WORK, DATA and PG_BINDIR.
+start_postgres() {
+    PG_PORT="$(free_port)"
+    log "PostgreSQL $(postgres --version | awk '{print $3}') from $PG_BINDIR on 127.0.0.1:$PG_PORT (data in $DATA)"
+    as_pg "$PG_BINDIR/initdb" -D "$DATA" -U postgres -A trust -E UTF8 --no-sync >"$WORK/initdb.log" 2>&1 \
+        || { cat "$WORK/initdb.log" >&2; die "initdb failed"; }
+    as_pg "$PG_BINDIR/pg_ctl" -D "$DATA" -l "$WORK/postgres.log" -w -t 60 start -o "\
+ -c listen_addresses=127.0.0.1 -c port=$PG_PORT -c unix_socket_directories='$WORK'\
+ -c max_connections=200 -c fsync=off -c synchronous_commit=off -c full_page_writes=off\
+ -c shared_buffers=256MB ${1:-}" >/dev/null \
+        || { tail -n 30 "$WORK/postgres.log" >&2; die "PostgreSQL did not start"; }
+    PG_STARTED=1
+    export PGHOST=127.0.0.1 PGUSER=postgres
+}
+
+# start_pgshift: runs `pgshift serve` with $WORK/pgshift.toml in the background (PGSHIFT_PID)
+# and waits until it prints its ready line or SHIFT_PORT accepts; dies with its log otherwise.
+start_pgshift() {
+    # The throw-away cluster trusts every local connection; the variable only has to be set.
+    export PGSHIFT_CONTROL_PASSWORD=bench
+    log "pgshift on 127.0.0.1:$SHIFT_PORT (metrics on $METRICS_PORT)"
+    "$PGSHIFT_BIN" serve --config "$WORK/pgshift.toml" >"$WORK/pgshift.out" 2>"$WORK/pgshift.err" &
+    PGSHIFT_PID=$!
+    local ready=0 rc=0
+    for _ in $(seq 1 300); do
+        if grep -q '"event" *: *"ready"' "$WORK/pgshift.out" 2>/dev/null || port_open "$SHIFT_PORT"; then
+            ready=1
+            break
+        fi
+        kill -0 "$PGSHIFT_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    [ "$ready" -eq 1 ] && return 0
+    tail -n 30 "$WORK/pgshift.out" "$WORK/pgshift.err" >&2 || true
+    if kill -0 "$PGSHIFT_PID" 2>/dev/null; then
+        die "pgshift did not become ready within 30 s"
+    fi
+    wait "$PGSHIFT_PID" || rc=$?
+    PGSHIFT_PID=""
+    die "pgshift exited with status $rc before becoming ready"
+}

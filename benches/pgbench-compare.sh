@@ -118,18 +118,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # --- PostgreSQL -----------------------------------------------------------------------------
-PG_PORT="$(free_port)"
-log "PostgreSQL $(postgres --version | awk '{print $3}') from $PG_BINDIR on 127.0.0.1:$PG_PORT (data in $DATA)"
-as_pg "$PG_BINDIR/initdb" -D "$DATA" -U postgres -A trust -E UTF8 --no-sync >"$WORK/initdb.log" 2>&1 \
-    || { cat "$WORK/initdb.log" >&2; die "initdb failed"; }
-as_pg "$PG_BINDIR/pg_ctl" -D "$DATA" -l "$WORK/postgres.log" -w -t 60 start -o "\
- -c listen_addresses=127.0.0.1 -c port=$PG_PORT -c unix_socket_directories='$WORK'\
- -c max_connections=200 -c fsync=off -c synchronous_commit=off -c full_page_writes=off\
- -c shared_buffers=256MB" >/dev/null \
-    || { tail -n 30 "$WORK/postgres.log" >&2; die "PostgreSQL did not start"; }
-PG_STARTED=1
-
-export PGHOST=127.0.0.1 PGUSER=postgres
+start_postgres
 psql -q -p "$PG_PORT" -d postgres -v ON_ERROR_STOP=1 -c "CREATE DATABASE $DB" >/dev/null
 log "pgbench -i -s $SCALE"
 pgbench -i -q -s "$SCALE" -p "$PG_PORT" "$DB" >"$WORK/pgbench-init.log" 2>&1 \
@@ -153,31 +142,7 @@ metrics_listen = "127.0.0.1:$METRICS_PORT"
 user = "postgres"
 password_env = "PGSHIFT_CONTROL_PASSWORD"
 EOF
-# The throw-away cluster trusts every local connection; the variable only has to be set.
-export PGSHIFT_CONTROL_PASSWORD=bench
-log "pgshift on 127.0.0.1:$SHIFT_PORT (metrics on $METRICS_PORT)"
-"$PGSHIFT_BIN" serve --config "$WORK/pgshift.toml" >"$WORK/pgshift.out" 2>"$WORK/pgshift.err" &
-PGSHIFT_PID=$!
-# Ready when it prints {"event":"ready",...} on stdout, or as soon as its port accepts.
-ready=0
-for _ in $(seq 1 300); do
-    if grep -q '"event" *: *"ready"' "$WORK/pgshift.out" 2>/dev/null || port_open "$SHIFT_PORT"; then
-        ready=1
-        break
-    fi
-    kill -0 "$PGSHIFT_PID" 2>/dev/null || break
-    sleep 0.1
-done
-if [ "$ready" -ne 1 ]; then
-    tail -n 30 "$WORK/pgshift.out" "$WORK/pgshift.err" >&2 || true
-    if kill -0 "$PGSHIFT_PID" 2>/dev/null; then
-        die "pgshift did not become ready within 30 s"
-    fi
-    rc=0
-    wait "$PGSHIFT_PID" || rc=$?
-    PGSHIFT_PID=""
-    die "pgshift exited with status $rc before becoming ready"
-fi
+start_pgshift
 
 # --- PgBouncer (optional) -------------------------------------------------------------------
 BOUNCER_PORT=""
