@@ -1,5 +1,6 @@
-//! Rewrite-engine costs: the pre-filter on passthrough statements, a cached rewrite, and cold
-//! parse+rewrite of typical statements and of a table-move INSERT (DESIGN §7). Run with `cargo bench --bench rewrite`.
+//! Rewrite-engine costs: the pre-filter on passthrough statements, a cached rewrite (the same
+//! text, and the same shape with other inlined constants), and cold parse+rewrite of typical
+//! statements and of a table-move INSERT (DESIGN §7). Run with `cargo bench --bench rewrite`.
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use pgshift::migration::Phase;
@@ -52,6 +53,17 @@ fn benches(c: &mut Criterion) {
     rw.rewrite_cached(update, &[]);
     c.bench_function("rewrite_cached/update", |b| {
         b.iter(|| rw.rewrite_cached(black_box(update), &[]))
+    });
+    // A simple-protocol client inlining its values: every text is new, the shape is cached.
+    let inlined: Vec<String> = (0..1000)
+        .map(|i| format!("UPDATE users SET user_name = 'user {i}' WHERE id = {i}"))
+        .collect();
+    let mut next = 0;
+    c.bench_function("rewrite_cached/update_inlined_constants", |b| {
+        b.iter(|| {
+            next = (next + 1) % inlined.len();
+            rw.rewrite_cached(black_box(&inlined[next]), &[])
+        })
     });
 }
 

@@ -11,6 +11,7 @@ mod cache;
 mod expr;
 #[doc(hidden)]
 pub mod fixtures;
+mod literals;
 mod moves;
 mod plan;
 mod prefilter;
@@ -88,9 +89,26 @@ pub struct Rewriter {
     /// Active table moves (writes); their reads are ordinary entries of `tables`.
     moves: Vec<Arc<moves::MovePlan>>,
     prefilter: Prefilter,
-    cache: RewriteCache,
+    /// Outcomes by exact text.
+    cache: RewriteCache<Rewrite>,
+    /// Outcomes by literal-lifted text, for statements that inline their values.
+    shapes: RewriteCache<Shape>,
     /// Some table's old columns were dropped (complete): only then may `*` need expanding.
     any_dropped: bool,
+}
+
+/// What statements of one literal-lifted shape become.
+#[derive(Debug)]
+enum Shape {
+    /// The same for every one: unchanged (with the old names it uses).
+    Same(Arc<Rewrite>),
+    /// This template with each statement's constants in it.
+    Template {
+        template: literals::Template,
+        old_name_migrations: Vec<Arc<str>>,
+    },
+    /// Rewritten from each statement's own text.
+    Unusable,
 }
 
 /// Rewrites remembered per database and snapshot.
@@ -129,6 +147,7 @@ impl Rewriter {
             moves,
             prefilter,
             cache: RewriteCache::new(CACHE_CAPACITY),
+            shapes: RewriteCache::new(CACHE_CAPACITY),
             any_dropped,
         })
     }
@@ -149,10 +168,53 @@ impl Rewriter {
         self.prefilter.may_touch(sql.as_bytes())
     }
 
-    /// [`Self::analyze`] through the cache, keyed by the text and the parameter types.
+    /// [`Self::analyze`] through the caches, keyed by the text and the parameter types: the
+    /// exact text first (parameterised statements), then the text with its constants lifted
+    /// out (statements that inline their values share one rewrite; see [`literals`]).
     pub fn rewrite_cached(&self, sql: &str, param_types: &[u32]) -> Arc<Rewrite> {
+        if let Some(hit) = self.cache.get(sql, param_types) {
+            return hit;
+        }
+        if let Some(lifted) = literals::lift(sql, param_types.len()) {
+            let shape = self
+                .shapes
+                .get_or_insert(&lifted.text, param_types, || self.shape(&lifted));
+            match &*shape {
+                Shape::Same(rewrite) => return rewrite.clone(),
+                Shape::Template {
+                    template,
+                    old_name_migrations,
+                } => {
+                    return Arc::new(Rewrite {
+                        outcome: Outcome::Rewritten(template.fill(&lifted.literals)),
+                        old_name_migrations: old_name_migrations.clone(),
+                    });
+                }
+                Shape::Unusable => {}
+            }
+        }
         self.cache
             .get_or_insert(sql, param_types, || self.analyze(sql))
+    }
+
+    /// The rewrite of a literal-lifted text, as a template for every statement of its shape.
+    fn shape(&self, lifted: &literals::Lifted<'_>) -> Shape {
+        let rewrite = self.analyze(&lifted.text);
+        match rewrite.outcome {
+            Outcome::Unchanged => Shape::Same(Arc::new(rewrite)),
+            Outcome::Rewritten(text) => {
+                match literals::Template::new(&text, lifted.base, lifted.literals.len()) {
+                    Some(template) => Shape::Template {
+                        template,
+                        old_name_migrations: rewrite.old_name_migrations,
+                    },
+                    None => Shape::Unusable,
+                }
+            }
+            // The lifted form may be refused where the statement is not (INSERT … SELECT with
+            // parameters), and a refusal's message should quote the statement's own text.
+            Outcome::Refused(_) => Shape::Unusable,
+        }
     }
 
     /// Rewrites one Query or Parse text (which may hold several statements).

@@ -207,3 +207,67 @@ async fn rename_through_expand_switch_contract() {
     assert_eq!(row.get::<_, Option<String>>(0), None);
     assert_eq!(row.get::<_, String>(1), "eve");
 }
+
+/// Simple-protocol statements that inline their values share one cached rewrite per shape
+/// (src/rewrite/literals.rs): each execution must still write its own constants, on both
+/// sides, including quotes, signs and typed constants that stay in the text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inlined_constants_of_one_shape_each_write_their_own_values() {
+    let db = fresh_database("columns_inlined").await;
+    let direct = db.connect().await;
+    direct
+        .batch_execute("CREATE TABLE users (id int PRIMARY KEY, user_name text, born date)")
+        .await
+        .unwrap();
+    let proxy = ProxyConfig::new(cluster())
+        .extra(&migration(&db.name, "expand"))
+        .spawn();
+    let app = connect(&proxy.db_url(&db)).await;
+    for i in 1..=40 {
+        let name = format!("o''brien {i}");
+        app.batch_execute(&format!(
+            "INSERT INTO users (id, user_name, born) VALUES ({i}, '{name}', date '2000-01-{:02}')",
+            i % 28 + 1
+        ))
+        .await
+        .unwrap();
+    }
+    for i in (2..=40).step_by(2) {
+        app.batch_execute(&format!(
+            "UPDATE users SET user_name = 'even ' || {i} * -1 WHERE id = {i}"
+        ))
+        .await
+        .unwrap();
+    }
+    let rows = direct
+        .query(
+            "SELECT id, user_name, display_name FROM users ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 40);
+    for row in rows {
+        let (id, old, new): (i32, Option<String>, Option<String>) =
+            (row.get(0), row.get(1), row.get(2));
+        let want = if id % 2 == 0 {
+            format!("even -{id}")
+        } else {
+            format!("o'brien {id}")
+        };
+        assert_eq!(
+            (old.as_deref(), new.as_deref()),
+            (Some(&*want), Some(&*want)),
+            "id {id}"
+        );
+    }
+    let bad: i64 = direct
+        .query_one(
+            "SELECT count(*) FROM users WHERE born <> date '2000-01-01' + (id % 28)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(bad, 0);
+}
