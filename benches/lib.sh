@@ -1,4 +1,4 @@
-# Shared by the end-to-end bench scripts (pgbench-compare.sh, backfill.sh): logging, running as
+# Shared by the end-to-end bench scripts (pgbench-compare.sh, backfill.sh, connections.sh): logging, running as
 # the database's OS user, finding the PostgreSQL binaries and free ports, small arithmetic, the
 # tool checks and the release build. Source it after setting REPO; it sets IS_ROOT, and
 # require_tools sets PG_BINDIR and puts it first on PATH.
@@ -37,12 +37,14 @@ find_pg_bindir() {
     return 0
 }
 
-# A TCP port on 127.0.0.1 that nothing listens on now and that we have not handed out yet.
+# A TCP port on 127.0.0.1 that nothing listens on now and that we have not handed out yet,
+# below Linux's ephemeral range (32768-60999 by default), where an outgoing connection could
+# hold a port that nothing listens on.
 USED_PORTS=" "
 free_port() {
     local port
     for _ in $(seq 1 200); do
-        port=$((20000 + RANDOM % 40000))
+        port=$((15000 + RANDOM % 17000))
         case "$USED_PORTS" in *" $port "*) continue ;; esac
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
             USED_PORTS="$USED_PORTS$port "
