@@ -56,7 +56,9 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct ProxyConfig {
     pub listen: SocketAddr,
-    /// `host:port` of PostgreSQL; the host may be a name, resolved at each connect.
+    /// `host:port` of PostgreSQL; the host may be a name, resolved at each connect, or, as in
+    /// libpq, a directory (starting with `/`) holding the server's Unix socket
+    /// `.s.PGSQL.<port>` (see [`upstream_socket`]).
     pub upstream: String,
     #[serde(default = "default_max_client_connections")]
     pub max_client_connections: usize,
@@ -386,6 +388,13 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let p = &self.proxy;
         split_host_port(&p.upstream).map_err(|m| invalid("proxy.upstream", m))?;
+        if upstream_socket(&p.upstream).is_some() && p.upstream_tls == UpstreamTls::Require {
+            return Err(invalid(
+                "proxy.upstream_tls",
+                "\"require\" cannot apply to a Unix-socket upstream (PostgreSQL offers no TLS \
+                 there); use a host:port upstream, or \"disable\"",
+            ));
+        }
         if p.max_client_connections == 0 {
             return Err(invalid(
                 "proxy.max_client_connections",
@@ -605,6 +614,14 @@ pub fn split_host_port(s: &str) -> Result<(&str, u16), String> {
     Ok((host, port))
 }
 
+/// The Unix socket path for an `upstream` whose host is a directory (`/run/postgresql:5432` →
+/// `/run/postgresql/.s.PGSQL.5432`, libpq's convention); `None` for a TCP upstream.
+pub fn upstream_socket(upstream: &str) -> Option<PathBuf> {
+    let (host, port) = split_host_port(upstream).ok()?;
+    host.starts_with('/')
+        .then(|| Path::new(host).join(format!(".s.PGSQL.{port}")))
+}
+
 /// toml's own messages already quote the offending line and name unknown keys; keep them whole.
 fn describe_toml_error(e: &toml::de::Error) -> String {
     e.to_string().trim_end().to_owned()
@@ -615,6 +632,23 @@ mod tests {
     use super::*;
 
     const MINIMAL: &str = "[proxy]\nlisten = \"127.0.0.1:6432\"\nupstream = \"db:5432\"\n";
+
+    #[test]
+    fn a_directory_upstream_is_a_unix_socket_without_tls() {
+        assert_eq!(upstream_socket("db:5432"), None);
+        assert_eq!(
+            upstream_socket("/run/postgresql:5433"),
+            Some(PathBuf::from("/run/postgresql/.s.PGSQL.5433"))
+        );
+        let text = "[proxy]\nlisten = \"127.0.0.1:6432\"\nupstream = \"/run/postgresql:5432\"\n\
+                    upstream_tls = \"require\"\n";
+        let err = Config::parse(text).unwrap_err().to_string();
+        assert!(
+            err.contains("proxy.upstream_tls") && err.contains("Unix"),
+            "{err}"
+        );
+        Config::parse(&text.replace("require", "prefer")).unwrap();
+    }
 
     #[test]
     fn minimal_config_gets_defaults() {

@@ -206,6 +206,11 @@ impl EphemeralPostgres {
         HOST
     }
 
+    /// The directory of the server's Unix socket (`.s.PGSQL.<port>`), trusted like TCP.
+    pub fn socket_dir(&self) -> &Path {
+        &self.base
+    }
+
     /// The superuser (trust auth): `postgres`.
     pub fn superuser(&self) -> &str {
         SUPERUSER

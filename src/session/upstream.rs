@@ -8,12 +8,12 @@
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::TlsConnector;
 
 use super::SessionError;
 use crate::cancel::Registration;
-use crate::config::{UpstreamTls, split_host_port};
+use crate::config::{UpstreamTls, split_host_port, upstream_socket};
 use crate::net::Stream;
 use crate::server::Proxy;
 use crate::wire::{self, StartupMessage, tag};
@@ -29,13 +29,20 @@ pub struct Established {
     pub cancel: Registration,
 }
 
-/// Opens a connection to the upstream, negotiating TLS as configured.
+/// Opens a connection to the upstream, negotiating TLS as configured (never over a Unix
+/// socket, where PostgreSQL offers none).
 pub async fn connect(proxy: &Proxy) -> Result<Stream, SessionError> {
     let addr = &proxy.config.upstream;
     let fail = |reason: String| SessionError::UpstreamConnect {
         addr: addr.clone(),
         reason,
     };
+    if let Some(path) = upstream_socket(addr) {
+        return UnixStream::connect(&path)
+            .await
+            .map(Stream::Unix)
+            .map_err(|e| fail(format!("{}: {e}", path.display())));
+    }
     let tcp = TcpStream::connect(addr.as_str())
         .await
         .map_err(|e| fail(e.to_string()))?;

@@ -382,6 +382,12 @@ impl ProxyConfig {
     }
 
     /// `disable`, `prefer` or `require`.
+    /// Proxies to PostgreSQL's Unix socket in `dir` (libpq's `host=/dir port=N` form).
+    pub fn upstream_unix(mut self, dir: &Path, port: u16) -> Self {
+        self.upstream = format!("{}:{port}", dir.display());
+        self
+    }
+
     pub fn upstream_tls(mut self, mode: &str) -> Self {
         self.upstream_tls = Some(mode.into());
         self
