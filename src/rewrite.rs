@@ -57,6 +57,13 @@ impl Rewrite {
             old_name_migrations: Vec::new(),
         }
     }
+
+    /// One shared [`Rewrite::unchanged`], so a pass-through statement allocates nothing.
+    pub fn unchanged_shared() -> Arc<Rewrite> {
+        static UNCHANGED: std::sync::LazyLock<Arc<Rewrite>> =
+            std::sync::LazyLock::new(|| Arc::new(Rewrite::unchanged()));
+        UNCHANGED.clone()
+    }
 }
 
 /// Why a statement touching a migrated table is refused.

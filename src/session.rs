@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tracing::{Instrument, debug, info_span};
 
 use crate::net::Stream;
-use crate::server::Proxy;
+use crate::server::{ConnectionSlot, Proxy};
 use crate::wire::{self, Severity, WireError};
 
 pub use relay::SessionEnd;
@@ -71,54 +71,82 @@ impl SessionError {
 /// Serves one accepted TCP connection to its end.
 pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr) {
     let span = info_span!("session", %peer);
-    async move {
-        let _ = tcp.set_nodelay(true);
-        let deadline = tokio::time::Instant::now() + proxy.config.startup_timeout;
-        let hello = match tokio::time::timeout_at(deadline, handshake::accept(&proxy, tcp)).await {
-            Ok(Ok(Some(hello))) => hello,
-            Ok(Ok(None)) => return debug!("cancel request handled"),
-            Ok(Err(e)) => return debug!(error = %e, "startup refused"),
-            Err(_) => return debug!("startup timed out before the startup message"),
-        };
-        let handshake::Hello {
-            mut client,
-            startup,
-            slot,
-        } = hello;
-        let established =
-            tokio::time::timeout_at(deadline, upstream::establish(&proxy, &mut client, &startup))
-                .await
-                .unwrap_or(Err(SessionError::StartupTimeout));
-        let established = match established {
-            Ok(e) => e,
-            Err(e) => {
-                if matches!(
-                    e,
-                    SessionError::Upstream(_) | SessionError::UpstreamConnect { .. }
-                ) {
-                    proxy.metrics.upstream_errors.increment(1);
-                }
-                debug!(error = %e, "session not established");
-                if let Some((code, message)) = e.client_error() {
-                    let _ = write_fatal(&mut client, code, &message).await;
-                }
-                return;
+    let Some((client, established, database, registration, slot)) =
+        start(&proxy, tcp, peer).instrument(span).await
+    else {
+        return;
+    };
+    // The relay runs outside the span: it logs nothing, and entering a span on every poll
+    // costs more than the pumps' own work per round trip.
+    let end = relay::run(&proxy, client, established, &database, &registration.entry).await;
+    drop(registration);
+    debug!(%peer, ?end, "session ended");
+    drop(slot);
+}
+
+/// Startup, the upstream connection and authentication, and registration: everything before
+/// the relay; `None` when the session ends before it (the client was told why when due).
+async fn start(
+    proxy: &Arc<Proxy>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Option<(
+    Stream,
+    upstream::Established,
+    String,
+    crate::sessions::Registration,
+    ConnectionSlot,
+)> {
+    let _ = tcp.set_nodelay(true);
+    let deadline = tokio::time::Instant::now() + proxy.config.startup_timeout;
+    let hello = match tokio::time::timeout_at(deadline, handshake::accept(proxy, tcp)).await {
+        Ok(Ok(Some(hello))) => hello,
+        Ok(Ok(None)) => {
+            debug!("cancel request handled");
+            return None;
+        }
+        Ok(Err(e)) => {
+            debug!(error = %e, "startup refused");
+            return None;
+        }
+        Err(_) => {
+            debug!("startup timed out before the startup message");
+            return None;
+        }
+    };
+    let handshake::Hello {
+        mut client,
+        startup,
+        slot,
+    } = hello;
+    let established =
+        tokio::time::timeout_at(deadline, upstream::establish(proxy, &mut client, &startup))
+            .await
+            .unwrap_or(Err(SessionError::StartupTimeout));
+    let established = match established {
+        Ok(e) => e,
+        Err(e) => {
+            if matches!(
+                e,
+                SessionError::Upstream(_) | SessionError::UpstreamConnect { .. }
+            ) {
+                proxy.metrics.upstream_errors.increment(1);
             }
-        };
-        let database = startup.database().unwrap_or_default().to_owned();
-        let registration = proxy.sessions.register(
-            peer,
-            startup.user().unwrap_or_default(),
-            &database,
-            startup.param("application_name").unwrap_or_default(),
-        );
-        let end = relay::run(&proxy, client, established, &database, &registration.entry).await;
-        drop(registration);
-        debug!(?end, "session ended");
-        drop(slot);
-    }
-    .instrument(span)
-    .await
+            debug!(error = %e, "session not established");
+            if let Some((code, message)) = e.client_error() {
+                let _ = write_fatal(&mut client, code, &message).await;
+            }
+            return None;
+        }
+    };
+    let database = startup.database().unwrap_or_default().to_owned();
+    let registration = proxy.sessions.register(
+        peer,
+        startup.user().unwrap_or_default(),
+        &database,
+        startup.param("application_name").unwrap_or_default(),
+    );
+    Some((client, established, database, registration, slot))
 }
 
 /// Writes a FATAL ErrorResponse and flushes; used before closing a connection.

@@ -209,7 +209,7 @@ impl Interceptor {
                     .record(started.elapsed().as_secs_f64());
                 rewrite
             }
-            _ => Arc::new(Rewrite::unchanged()),
+            _ => Rewrite::unchanged_shared(),
         }
     }
 
@@ -438,7 +438,7 @@ impl Interceptor {
         }
         let outcome = match &self.rewriter {
             Some(_) => self.outcome(&stmt.query, &stmt.param_types, metrics),
-            None => Arc::new(Rewrite::unchanged()),
+            None => Rewrite::unchanged_shared(),
         };
         let text: String = match &outcome.outcome {
             Outcome::Unchanged => stmt.query.clone(),

@@ -202,6 +202,7 @@ async fn client_to_server(
     entry: &SessionEntry,
 ) -> SessionEnd {
     let mut cursor = FrameCursor::default();
+    let mut requests = Vec::new();
     let idle_timeout = proxy.config.idle_timeout;
     let max_message = proxy.config.max_message_size;
     loop {
@@ -234,17 +235,19 @@ async fn client_to_server(
                 entry.pinned(snapshot.epoch);
             }
         }
-        let scan = match client::scan(
+        let mut scan = match client::scan(
             &buf,
             &mut cursor,
             max_message,
             &mut intercept,
             &proxy.metrics,
+            std::mem::take(&mut requests),
         ) {
             Ok(scan) => scan,
             Err(e) => return SessionEnd::Protocol(e),
         };
         if scan.consumed == 0 {
+            requests = scan.requests;
             continue;
         }
         {
@@ -252,10 +255,12 @@ async fn client_to_server(
             if !replies.push(&scan.requests) {
                 return SessionEnd::Shutdown;
             }
-            for r in scan.refusals {
+            for r in scan.refusals.drain(..) {
                 replies.add_refusal(r.marker, r.frame);
             }
         }
+        requests = std::mem::take(&mut scan.requests);
+        requests.clear();
         shared.server_at_boundary.store(false, Ordering::Release);
         let out = scan.spliced.as_deref().unwrap_or(&buf[..scan.consumed]);
         if let Err(e) = write_flush(server, out).await {
@@ -305,9 +310,11 @@ async fn server_to_client(
     let mut cursor = FrameCursor::default();
     let mut drain_deadline: Option<Instant> = None;
     let mut last_was_error = false;
-    // Registered once: a fresh `cancelled()` per read would lock the token's waiter list twice
-    // per round trip, shared by every session.
-    let shutdown = proxy.shutdown.cancelled();
+    // A child token of the session's own: polling a `cancelled()` future locks its token's
+    // state and waiter list on every read, and those of the proxy-wide token are shared by
+    // every session (contended across worker threads). Registered once, not per read.
+    let session_token = proxy.shutdown.child_token();
+    let shutdown = session_token.cancelled();
     tokio::pin!(shutdown);
     loop {
         buf.reserve(READ_RESERVE);

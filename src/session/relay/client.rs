@@ -52,15 +52,21 @@ impl Output<'_> {
 }
 
 /// Scans `buf`; stops before a Query or Parse that is not whole yet (it must be read whole to
-/// be rewritten) and before a Bind/Describe whose names are not there yet.
+/// be rewritten) and before a Bind/Describe whose names are not there yet. `requests` is an
+/// empty vector to fill (the caller's, reused so a round trip allocates nothing).
 pub fn scan(
     buf: &[u8],
     cursor: &mut FrameCursor,
     max_message: usize,
     intercept: &mut Interceptor,
     metrics: &Metrics,
+    requests: Vec<Request>,
 ) -> Result<ClientScan, WireError> {
-    let mut scan = ClientScan::default();
+    debug_assert!(requests.is_empty());
+    let mut scan = ClientScan {
+        requests,
+        ..ClientScan::default()
+    };
     let mut out = Output {
         buf,
         copied_to: 0,
@@ -183,7 +189,15 @@ mod tests {
 
     fn scan_all(buf: &[u8], cursor: &mut FrameCursor) -> ClientScan {
         let mut intercept = Interceptor::new("app");
-        scan(buf, cursor, 1 << 20, &mut intercept, &Metrics::default()).unwrap()
+        scan(
+            buf,
+            cursor,
+            1 << 20,
+            &mut intercept,
+            &Metrics::default(),
+            Vec::new(),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -242,6 +256,7 @@ mod tests {
             1024,
             &mut intercept,
             &Metrics::default(),
+            Vec::new(),
         );
         assert!(matches!(err, Err(WireError::MessageTooLarge { .. })));
     }
