@@ -54,6 +54,8 @@
 #   UPSTREAM=tcp       how pgshift and PgBouncer reach PostgreSQL: "tcp" (127.0.0.1) or "unix"
 #                      (its socket directory, as a proxy on the database host would); clients
 #                      always connect over TCP, so "direct" is the same either way
+#   WORKER_THREADS=0   pgshift's proxy.worker_threads (0 = one per core, its default; 1 = one
+#                      event loop, like PgBouncer's)
 #
 # Takes about 12 minutes with the defaults (plus the release build). Everything runs on loopback
 # in a throw-away cluster (fsync=off) under a mktemp directory and is stopped on exit. As root,
@@ -72,6 +74,7 @@ WORKLOADS="${WORKLOADS:-select write}"
 USERS_ROWS="${USERS_ROWS:-50000}"
 RESULTS="${RESULTS:-}"
 UPSTREAM="${UPSTREAM:-tcp}"
+WORKER_THREADS="${WORKER_THREADS:-0}"
 KEEP="${KEEP:-0}"
 DB=bench
 # The migrations pgshift carries; bench_users_display_name is the write workload's.
@@ -89,6 +92,7 @@ for n in DURATION ROUNDS CLIENTS JOBS SCALE USERS_ROWS; do
 done
 [ -n "${MODES// /}" ] || die "MODES is empty"
 case "$UPSTREAM" in tcp|unix) ;; *) die "UPSTREAM must be tcp or unix, got '$UPSTREAM'" ;; esac
+[[ "$WORKER_THREADS" =~ ^[0-9]+$ ]] || die "WORKER_THREADS must be a number, got '$WORKER_THREADS'"
 for mode in $MODES; do
     case "$mode" in simple|extended|prepared) ;; *) die "unknown pgbench mode '$mode'" ;; esac
 done
@@ -212,6 +216,7 @@ cat >"$WORK/pgshift.toml" <<EOF
 listen = "127.0.0.1:$SHIFT_PORT"
 upstream = "$UPSTREAM_ADDR"
 max_client_connections = 1000
+worker_threads = $WORKER_THREADS
 
 [admin]
 socket = "$SOCK"
@@ -526,7 +531,7 @@ why="$(check_expand)" || die "after the runs: $why"
 # --- report ---------------------------------------------------------------------------------
 echo
 echo "machine: $(nproc) cores; PostgreSQL $(postgres --version | awk '{print $3}'); pgshift $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '(no commit)')$(git -C "$REPO" diff --quiet HEAD -- src 2>/dev/null || echo ' + uncommitted changes')"
-echo "upstream of pgshift and PgBouncer: $UPSTREAM ($UPSTREAM_ADDR)"
+echo "upstream of pgshift and PgBouncer: $UPSTREAM ($UPSTREAM_ADDR); pgshift worker_threads = $WORKER_THREADS"
 echo "pgshift migrations active during every run (ctl status): $ACTIVE"
 if [ "$RUN_SELECT" -eq 1 ]; then
     echo
