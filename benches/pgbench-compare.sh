@@ -132,6 +132,13 @@ else
 fi
 
 # --- build ----------------------------------------------------------------------------------
+if [ -n "${PGSHIFT_BIN:-}" ]; then
+    BUILT_FROM=" (binary given: $PGSHIFT_BIN)"
+elif git -C "$REPO" diff --quiet HEAD -- src 2>/dev/null; then
+    BUILT_FROM=""
+else
+    BUILT_FROM=" + uncommitted changes"
+fi
 build_pgshift
 
 # --- work directory and cleanup -------------------------------------------------------------
@@ -530,7 +537,7 @@ why="$(check_expand)" || die "after the runs: $why"
 
 # --- report ---------------------------------------------------------------------------------
 echo
-echo "machine: $(nproc) cores; PostgreSQL $(postgres --version | awk '{print $3}'); pgshift $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '(no commit)')$(git -C "$REPO" diff --quiet HEAD -- src 2>/dev/null || echo ' + uncommitted changes')"
+echo "machine: $(nproc) cores; PostgreSQL $(postgres --version | awk '{print $3}'); pgshift $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '(no commit)')$BUILT_FROM"
 echo "upstream of pgshift and PgBouncer: $UPSTREAM ($UPSTREAM_ADDR); pgshift worker_threads = $WORKER_THREADS"
 echo "pgshift migrations active during every run (ctl status): $ACTIVE"
 if [ "$RUN_SELECT" -eq 1 ]; then
