@@ -103,24 +103,7 @@ cleanup() {
     for pid in "${BG_PIDS[@]}"; do
         kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
     done
-    if [ -n "$PGSHIFT_PID" ] && kill -0 "$PGSHIFT_PID" 2>/dev/null; then
-        kill -TERM "$PGSHIFT_PID" 2>/dev/null
-        for _ in $(seq 1 50); do
-            kill -0 "$PGSHIFT_PID" 2>/dev/null || break
-            sleep 0.2
-        done
-        kill -KILL "$PGSHIFT_PID" 2>/dev/null
-        wait "$PGSHIFT_PID" 2>/dev/null
-    fi
-    if [ "$PG_STARTED" -eq 1 ]; then
-        as_pg "$PG_BINDIR/pg_ctl" -D "$DATA" -m immediate -w stop >/dev/null 2>&1
-    fi
-    if [ "$KEEP" = 1 ] || [ "$status" -ne 0 ]; then
-        log "logs and data kept in $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-    exit "$status"
+    finish "$status"
 }
 trap cleanup EXIT
 trap 'exit 130' INT

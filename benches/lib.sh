@@ -134,3 +134,34 @@ start_pgshift() {
     PGSHIFT_PID=""
     die "pgshift exited with status $rc before becoming ready"
 }
+
+# stop_pid PID [TRIES]: SIGTERM, up to TRIES × 0.2 s (default 50) for it to exit, then SIGKILL.
+stop_pid() {
+    local pid=$1
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for _ in $(seq 1 "${2:-50}"); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.2
+    done
+    kill -KILL "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+    return 0
+}
+
+# finish STATUS: for the scripts' EXIT traps, after their own clean-up: stops pgshift and
+# PostgreSQL if this script started them, removes $WORK unless KEEP=1 or STATUS is not 0, and
+# exits with STATUS.
+finish() {
+    local status=$1
+    set +e
+    [ -n "${PGSHIFT_PID:-}" ] && stop_pid "$PGSHIFT_PID"
+    if [ "${PG_STARTED:-0}" -eq 1 ]; then
+        as_pg "$PG_BINDIR/pg_ctl" -D "$DATA" -m immediate -w stop >/dev/null 2>&1
+    fi
+    if [ "${KEEP:-0}" = 1 ] || [ "$status" -ne 0 ]; then
+        log "logs and data kept in $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$status"
+}

@@ -153,34 +153,11 @@ PG_STARTED=0
 cleanup() {
     local status=$?
     set +e
-    if [ -n "$PGSHIFT_PID" ] && kill -0 "$PGSHIFT_PID" 2>/dev/null; then
-        kill -TERM "$PGSHIFT_PID" 2>/dev/null
-        for _ in $(seq 1 50); do
-            kill -0 "$PGSHIFT_PID" 2>/dev/null || break
-            sleep 0.2
-        done
-        kill -KILL "$PGSHIFT_PID" 2>/dev/null
-        wait "$PGSHIFT_PID" 2>/dev/null
-    fi
-    if [ -s "$WORK/pgbouncer.pid" ]; then
-        local bpid
-        bpid="$(cat "$WORK/pgbouncer.pid")"
-        kill -TERM "$bpid" 2>/dev/null
-        for _ in $(seq 1 25); do
-            kill -0 "$bpid" 2>/dev/null || break
-            sleep 0.2
-        done
-        kill -KILL "$bpid" 2>/dev/null
-    fi
-    if [ "$PG_STARTED" -eq 1 ]; then
-        as_pg "$PG_BINDIR/pg_ctl" -D "$DATA" -m immediate -w stop >/dev/null 2>&1
-    fi
-    if [ "$KEEP" = 1 ] || [ "$status" -ne 0 ]; then
-        log "logs and data kept in $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-    exit "$status"
+    # pgshift first: PgBouncer's sessions end before PostgreSQL stops, like pgshift's.
+    [ -n "$PGSHIFT_PID" ] && stop_pid "$PGSHIFT_PID"
+    PGSHIFT_PID=""
+    [ -s "$WORK/pgbouncer.pid" ] && stop_pid "$(cat "$WORK/pgbouncer.pid")" 25
+    finish "$status"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
