@@ -4,8 +4,10 @@
 //! text → per statement, [`scope`] walks every query to replace reads of migrated tables with
 //! derived tables and to compute references to non-authoritative columns of a DML target, and
 //! [`write`] adds the counterpart columns to INSERT and UPDATE → the edits are spliced into the
-//! original text ([`splice`]) and the result is re-parsed as a check. Anything that cannot be
-//! rewritten safely is a [`Refusal`], never a half-migrated statement.
+//! original text ([`splice`]) and the result is checked to parse into as many statements
+//! (parsed again, except for edits shown parse-neutral or checked through a stand-in:
+//! docs/rewrite.md, "Check"). Anything that cannot be rewritten safely is a [`Refusal`], never
+//! a half-migrated statement.
 
 mod cache;
 mod expr;
@@ -266,22 +268,33 @@ impl Rewriter {
         if edits.is_empty() {
             return Outcome::Unchanged;
         }
+        let check = edits.check_text(sql);
         let Some(text) = edits.apply(sql) else {
             return Outcome::Refused(self.refusal_for_text(sql, "overlapping rewrites".into()));
         };
-        // The splice must yield exactly as many statements that parse.
-        match Parser::parse_sql(&PostgreSqlDialect {}, &text) {
-            Ok(again) if again.len() == statements.len() => Outcome::Rewritten(text),
-            Ok(_) | Err(_) => {
-                tracing::warn!(original = sql, rewritten = %text, "a rewrite does not parse");
-                Outcome::Refused(
-                    self.refusal_for_text(
-                        sql,
-                        "the rewritten statement does not parse (a pgshift bug; please report it)"
-                            .into(),
-                    ),
-                )
-            }
+        // The splice must yield exactly as many statements that parse (docs/rewrite.md,
+        // "Check"): parse-neutral edits need no second parse, stand-ins shorten it.
+        let parses = |t: &str| {
+            Parser::parse_sql(&PostgreSqlDialect {}, t).is_ok_and(|s| s.len() == statements.len())
+        };
+        let ok = match &check {
+            Some(splice::CheckText::Neutral) => true,
+            Some(splice::CheckText::StandIns(t)) => parses(t),
+            Some(splice::CheckText::Output) | None => parses(&text),
+        };
+        // The shortcuts must agree with the full check they replace.
+        debug_assert!(
+            matches!(check, Some(splice::CheckText::Output) | None) || ok == parses(&text),
+            "the check of {sql:?} → {text:?} ({check:?}) disagrees with parsing the output"
+        );
+        if ok {
+            Outcome::Rewritten(text)
+        } else {
+            tracing::warn!(original = sql, rewritten = %text, "a rewrite does not parse");
+            Outcome::Refused(self.refusal_for_text(
+                sql,
+                "the rewritten statement does not parse (a pgshift bug; please report it)".into(),
+            ))
         }
     }
 
@@ -315,19 +328,35 @@ impl Rewriter {
     fn old_name_migrations(&self, statements: &[Statement]) -> Vec<Arc<str>> {
         let mut found: Vec<Arc<str>> = Vec::new();
         for statement in statements {
-            let moved = if self.moves.is_empty() {
-                Vec::new()
-            } else {
-                moves::touched(self, statement)
-            };
+            // The move tables and the migrated tables it names, in one walk.
+            let mut moved: Vec<(Arc<moves::MovePlan>, moves::Side)> = Vec::new();
+            let mut touched: Vec<&Arc<TablePlan>> = Vec::new();
+            let _ = sqlparser::ast::visit_relations(statement, |name| {
+                if let Some(parts) = scope::idents(name) {
+                    if !self.moves.is_empty()
+                        && let Some((plan, side)) = self.resolve_move(&parts)
+                        && !moved
+                            .iter()
+                            .any(|(p, s)| Arc::ptr_eq(p, &plan) && *s == side)
+                    {
+                        moved.push((plan, side));
+                    }
+                    if let Some(plan) = self.resolve(&parts)
+                        && !touched.iter().any(|f| Arc::ptr_eq(f, plan))
+                    {
+                        touched.push(plan);
+                    }
+                }
+                std::ops::ControlFlow::<()>::Continue(())
+            });
             for (plan, side) in moved {
                 let name: Arc<str> = Arc::from(plan.moved.name.as_str());
                 if side == moves::Side::Old && !found.contains(&name) {
                     found.push(name);
                 }
             }
-            let touched = scope::touched_tables(self, statement);
-            if touched.is_empty() {
+            // Only column migrations have old names (a move's read plan has no pairs).
+            if touched.iter().all(|t| t.pairs.is_empty()) {
                 continue;
             }
             let names = scope::column_names(statement);
@@ -379,7 +408,10 @@ impl Rewriter {
                     if let SetExpr::Insert(s) | SetExpr::Update(s) | SetExpr::Delete(s) =
                         cte.query.body.as_ref()
                     {
-                        self.rewrite_statement(s, index, edits)?;
+                        edits.enter_nested();
+                        let result = self.rewrite_statement(s, index, edits);
+                        edits.leave_nested();
+                        result?;
                         handled.push(s);
                     }
                 }
@@ -444,12 +476,14 @@ impl Rewriter {
     /// Resolves a table reference (1 or 2 parts) to a table of an active move, and which of
     /// its two tables it names.
     fn resolve_move(&self, name: &[Ident]) -> Option<(Arc<moves::MovePlan>, moves::Side)> {
-        let sides = |m: &Arc<moves::MovePlan>| {
+        fn sides(
+            m: &Arc<moves::MovePlan>,
+        ) -> [(&Arc<moves::MovePlan>, moves::Side, &QualifiedName); 2] {
             [
-                (m.clone(), moves::Side::Old, m.moved.old.name.clone()),
-                (m.clone(), moves::Side::New, m.moved.new.name.clone()),
+                (m, moves::Side::Old, &m.moved.old.name),
+                (m, moves::Side::New, &m.moved.new.name),
             ]
-        };
+        }
         let all = self.moves.iter().flat_map(sides);
         // `database.schema.table`: PostgreSQL accepts only the current database there.
         let name = match name {
@@ -461,15 +495,12 @@ impl Rewriter {
                 let table = normalize_ident(table);
                 all.filter(|(_, _, n)| n.name == table)
                     .min_by_key(|(_, _, n)| n.schema != "public")
-                    .map(|(m, s, _)| (m, s))
+                    .map(|(m, s, _)| (m.clone(), s))
             }
             [schema, table] => {
-                let wanted = QualifiedName {
-                    schema: normalize_ident(schema),
-                    name: normalize_ident(table),
-                };
-                all.filter(|(_, _, n)| *n == wanted)
-                    .map(|(m, s, _)| (m, s))
+                let (schema, table) = (normalize_ident(schema), normalize_ident(table));
+                all.filter(|(_, _, n)| n.schema == schema && n.name == table)
+                    .map(|(m, s, _)| (m.clone(), s))
                     .next()
             }
             _ => None,

@@ -25,7 +25,7 @@ use sqlparser::keywords::Keyword;
 use sqlparser::tokenizer::{Token, Tokenizer};
 
 use super::expr::ColumnExpr;
-use super::scope::{self, idents};
+use super::scope::idents;
 use super::splice::{Edits, LineIndex};
 use super::{Refusal, Rewriter};
 use crate::migration::{TableMove, TableShape, quote_ident};
@@ -52,6 +52,51 @@ pub struct MovePlan {
     pub moved: Arc<TableMove>,
     new_from_old: Vec<(String, Option<ColumnExpr>)>,
     old_from_new: Vec<(String, Option<ColumnExpr>)>,
+    /// The mirror of an INSERT onto each side (old, new): the same for every statement.
+    mirrors: [Mirror; 2],
+}
+
+/// `INSERT INTO side … SELECT … FROM pgshift_w [ON CONFLICT (key) DO UPDATE …]`: the
+/// statement after the client's INSERT in `WITH pgshift_w AS (<INSERT> RETURNING *) …`.
+#[derive(Debug, Default)]
+pub(super) struct Mirror {
+    /// With the upsert's ON CONFLICT clause.
+    pub(super) upsert: String,
+    /// Without it (a plain INSERT).
+    pub(super) plain: String,
+    /// Each verified as a whole top-level statement ([`verified_mirror`]).
+    pub(super) upsert_verified: bool,
+    pub(super) plain_verified: bool,
+}
+
+/// What the check parses in place of a verified mirror: any INSERT ends the statement as well.
+pub(super) const MIRROR_STAND_IN: &str = "INSERT INTO pgshift_check SELECT 1";
+
+/// Whether `mirror` parses as the whole body of `WITH pgshift_w AS (…) <mirror>`, with some
+/// recursion depth to spare, and ends with a token of its own (not a comment): then, followed
+/// by nothing but whitespace, comments and `;` or the end, it parses wherever
+/// [`MIRROR_STAND_IN`] does (docs/rewrite.md, "Check").
+fn verified_mirror(mirror: &str) -> bool {
+    let dialect = sqlparser::dialect::PostgreSqlDialect {};
+    let ends_with_token = Tokenizer::new(&dialect, mirror)
+        .tokenize()
+        .ok()
+        .and_then(|t| t.last().cloned())
+        .is_some_and(|t| !matches!(t, Token::Whitespace(_)));
+    if !ends_with_token || !mirror.starts_with("INSERT INTO ") {
+        return false;
+    }
+    let sql = format!("WITH pgshift_w AS (SELECT 1) {mirror}");
+    (47..=50).all(|limit| {
+        sqlparser::parser::Parser::new(&dialect)
+            .with_recursion_limit(limit)
+            .try_with_sql(&sql)
+            .and_then(|mut p| p.parse_statements())
+            .is_ok_and(|s| {
+                matches!(s.as_slice(), [Statement::Query(q)]
+                    if matches!(q.body.as_ref(), SetExpr::Insert(_)))
+            })
+    })
 }
 
 impl MovePlan {
@@ -68,11 +113,36 @@ impl MovePlan {
                 })
                 .collect::<Result<Vec<_>, String>>()
         };
-        Ok(MovePlan {
+        let mut plan = MovePlan {
             moved: moved.clone(),
             new_from_old: compile(&moved.new_from_old)?,
             old_from_new: compile(&moved.old_from_new)?,
-        })
+            mirrors: Default::default(),
+        };
+        plan.mirrors = [Side::Old, Side::New].map(|side| {
+            let upsert = plan.upsert(side, "pgshift_w", |c| {
+                format!("pgshift_w.{}", quote_ident(c))
+            });
+            let mut plain = upsert.clone();
+            if let Some(at) = plain.find(" ON CONFLICT (") {
+                plain.truncate(at);
+            }
+            Mirror {
+                upsert_verified: verified_mirror(&upsert),
+                plain_verified: verified_mirror(&plain),
+                upsert,
+                plain,
+            }
+        });
+        Ok(plan)
+    }
+
+    /// The mirror of an INSERT onto `side`.
+    pub(super) fn mirror(&self, side: Side) -> &Mirror {
+        match side {
+            Side::Old => &self.mirrors[0],
+            Side::New => &self.mirrors[1],
+        }
     }
 
     pub fn shape(&self, side: Side) -> &TableShape {
@@ -228,12 +298,9 @@ pub fn rewrite(
             super::statement_kind(statement)
         ))));
     }
-    let touched = touched(rw, statement);
+    let (touched, migrated) = touched_with_migrated(rw, statement);
     let (first, _) = touched.first()?;
-    if let Some(t) = scope::touched_tables(rw, statement)
-        .iter()
-        .find(|t| !t.pairs.is_empty())
-    {
+    if let Some(t) = migrated {
         return Some(Err(first.refuse(format!(
             "this statement names tables of a table move and of a column migration ({}); \
              split it",
@@ -297,8 +364,8 @@ pub fn rewrite(
     let result = Writer::new(rw, &plan, side, statement, index).and_then(|w| {
         let text = match statement {
             Statement::Insert(i) if side == auth => w.dual_insert(i, true),
-            Statement::Update(u) if side == auth => w.dual_update(u),
-            Statement::Delete(d) if side == auth => w.dual_delete(d),
+            Statement::Update(u) if side == auth => w.dual_update(u).map(Written::from),
+            Statement::Delete(d) if side == auth => w.dual_delete(d).map(Written::from),
             // Every write takes the authoritative table's locks first (UPDATE/DELETE lock its
             // rows in their CTE), so concurrent writers naming either table cannot deadlock on
             // opposite orders. In expand an INSERT naming the new table therefore goes to the
@@ -306,7 +373,7 @@ pub fn rewrite(
             // backfill may not have copied them yet — unless it writes a column the old table
             // has no counterpart for.
             Statement::Insert(i) if !moved.reads_new() && w.translatable(i, auth) => {
-                w.translated_insert(i, auth)
+                w.translated_insert(i, auth).map(Written::from)
             }
             Statement::Insert(i)
                 if moved.dual_writes() && (i.on.is_none() || moved.reads_new()) =>
@@ -315,15 +382,34 @@ pub fn rewrite(
                 // already has fails there, as the client's own error.
                 w.dual_insert(i, i.on.is_some())
             }
-            Statement::Insert(i) => w.translated_insert(i, auth),
-            Statement::Update(u) => w.translated_update(u, auth),
-            Statement::Delete(d) => w.translated_delete(d, auth),
+            Statement::Insert(i) => w.translated_insert(i, auth).map(Written::from),
+            Statement::Update(u) => w.translated_update(u, auth).map(Written::from),
+            Statement::Delete(d) => w.translated_delete(d, auth).map(Written::from),
             _ => unreachable!("matched above"),
         }?;
-        edits.replace(w.range.clone(), text);
+        match text.stand_in {
+            Some(stand_in) => edits.replace_with_stand_in(w.range.clone(), text.text, stand_in),
+            None => edits.replace(w.range.clone(), text.text),
+        }
         Ok(())
     });
     Some(result)
+}
+
+/// The text of a rewritten write, and what the check may parse in its place.
+pub(super) struct Written {
+    pub(super) text: String,
+    /// `text` with a verified mirror replaced by [`MIRROR_STAND_IN`].
+    pub(super) stand_in: Option<String>,
+}
+
+impl From<String> for Written {
+    fn from(text: String) -> Written {
+        Written {
+            text,
+            stand_in: None,
+        }
+    }
 }
 
 /// Whether `text` has `name` as a whole word (identifiers compared case-insensitively, as
@@ -339,9 +425,36 @@ fn mentions(text: &str, name: &str) -> bool {
     })
 }
 
-/// The move tables a statement names anywhere, with the side each name is.
-pub fn touched(rw: &Rewriter, statement: &Statement) -> Vec<(Arc<MovePlan>, Side)> {
-    touched_by(rw, statement)
+/// The move tables a statement names, with the side each name is.
+type Touched = Vec<(Arc<MovePlan>, Side)>;
+
+/// The move tables a statement names anywhere, with the side each name is, and the first
+/// table under a column migration it names (one walk).
+fn touched_with_migrated(
+    rw: &Rewriter,
+    statement: &Statement,
+) -> (Touched, Option<Arc<super::TablePlan>>) {
+    let mut found: Touched = Vec::new();
+    let mut migrated = None;
+    let _ = visit_relations(statement, |name| {
+        let Some(parts) = idents(name) else {
+            return std::ops::ControlFlow::<()>::Continue(());
+        };
+        if let Some((plan, side)) = rw.resolve_move(&parts)
+            && !found
+                .iter()
+                .any(|(p, s)| Arc::ptr_eq(p, &plan) && *s == side)
+        {
+            found.push((plan, side));
+        }
+        if migrated.is_none()
+            && let Some(plan) = rw.resolve(&parts).filter(|p| !p.pairs.is_empty())
+        {
+            migrated = Some(plan.clone());
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    (found, migrated)
 }
 
 fn touched_by<V: Visit>(rw: &Rewriter, node: &V) -> Vec<(Arc<MovePlan>, Side)> {
@@ -375,6 +488,37 @@ fn delete_target(delete: &Delete) -> Option<&ObjectName> {
     }
 }
 
+/// One statement's tokens from its start to its end (a top-level `;` or the end of the text),
+/// whitespace and comments left out, with their byte ranges: tokenized once per statement.
+pub(super) struct StatementTokens(Vec<(Token, Range<usize>)>);
+
+impl StatementTokens {
+    fn scan(text: &str, start: usize) -> Option<StatementTokens> {
+        let slice = &text[start..];
+        let tokens = Tokenizer::new(&sqlparser::dialect::PostgreSqlDialect {}, slice)
+            .tokenize_with_location()
+            .ok()?;
+        let index = LineIndex::new(slice);
+        let mut list = Vec::new();
+        let mut depth = 0i32;
+        for t in tokens {
+            let r = match &t.token {
+                Token::Whitespace(_) => continue,
+                Token::EOF => break,
+                Token::SemiColon if depth == 0 => break,
+                _ => index.range(t.span)?,
+            };
+            match &t.token {
+                Token::LParen | Token::LBracket => depth += 1,
+                Token::RParen | Token::RBracket => depth -= 1,
+                _ => {}
+            }
+            list.push((t.token, start + r.start..start + r.end));
+        }
+        Some(StatementTokens(list))
+    }
+}
+
 /// The top-level clauses of one statement, found by tokens: `(keyword, start of the keyword,
 /// body range)`.
 struct Clauses {
@@ -384,26 +528,21 @@ struct Clauses {
 
 impl Clauses {
     /// Tokenizes from `start` to the statement's end (a top-level `;` or the end of text).
+    #[cfg(test)]
     fn scan(text: &str, start: usize, keywords: &[Keyword]) -> Option<Clauses> {
-        let slice = &text[start..];
-        let tokens = Tokenizer::new(&sqlparser::dialect::PostgreSqlDialect {}, slice)
-            .tokenize_with_location()
-            .ok()?;
-        let index = LineIndex::new(slice);
+        StatementTokens::scan(text, start).map(|t| Clauses::of(&t, start, keywords))
+    }
+
+    /// The clauses of the statement starting at `start` whose tokens are `tokens`.
+    fn of(tokens: &StatementTokens, start: usize, keywords: &[Keyword]) -> Clauses {
         let mut list: Vec<(Keyword, usize, Range<usize>)> = Vec::new();
         let mut depth = 0i32;
         let mut end = start;
         // `IS [NOT] DISTINCT FROM` is an operator, not a FROM clause.
         let mut after_distinct = false;
-        for t in &tokens {
-            let r = match &t.token {
-                Token::Whitespace(_) => continue,
-                Token::EOF => break,
-                Token::SemiColon if depth == 0 => break,
-                _ => index.range(t.span)?,
-            };
-            let (s, e) = (start + r.start, start + r.end);
-            match &t.token {
+        for (token, r) in &tokens.0 {
+            let (s, e) = (r.start, r.end);
+            match token {
                 Token::LParen | Token::LBracket => depth += 1,
                 Token::RParen | Token::RBracket => depth -= 1,
                 // The first occurrence of each clause keyword starts it (a second FROM in a
@@ -423,7 +562,7 @@ impl Clauses {
                 }
                 _ => {}
             }
-            after_distinct = matches!(&t.token, Token::Word(w) if w.keyword == Keyword::DISTINCT);
+            after_distinct = matches!(token, Token::Word(w) if w.keyword == Keyword::DISTINCT);
             if let Some(last) = list.last_mut() {
                 if last.2.is_empty() {
                     last.2.start = s;
@@ -432,7 +571,7 @@ impl Clauses {
             }
             end = e;
         }
-        Some(Clauses { list, end })
+        Clauses { list, end }
     }
 
     fn body(&self, keyword: Keyword) -> Option<Range<usize>> {
@@ -505,6 +644,22 @@ mod tests {
             c.body(Keyword::WHERE).map(|r| &text[r]),
             Some("a IS DISTINCT FROM 2")
         );
+    }
+
+    #[test]
+    fn only_whole_insert_statements_are_verified_mirrors() {
+        assert!(verified_mirror(
+            "INSERT INTO t (a) SELECT pgshift_w.a FROM pgshift_w ON CONFLICT (a) DO UPDATE SET a = EXCLUDED.a"
+        ));
+        for text in [
+            "INSERT INTO t (a) SELECT 1 FROM pgshift_w -- c",
+            "INSERT INTO t (a) SELECT 1; SELECT 2",
+            "INSERT INTO t (a) SELECT (1",
+            "UPDATE t SET a = 1",
+            "INSERT INTO t () SELECT  FROM pgshift_w",
+        ] {
+            assert!(!verified_mirror(text), "{text}");
+        }
     }
 
     #[test]

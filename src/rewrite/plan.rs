@@ -61,6 +61,9 @@ pub struct TablePlan {
     /// `(SELECT … FROM schema.table)`: every column of the referenced shape, computed from
     /// the authoritative side.
     pub derived: String,
+    /// `derived` may replace a table name without a second parse of the statement
+    /// ([`super::splice::neutral_derived`]).
+    pub derived_neutral: bool,
     /// For a table of a table move whose reads are served from the other table: the move.
     pub moved: Option<Arc<crate::migration::TableMove>>,
     /// Old names the table still answers to although their columns were dropped (complete,
@@ -116,6 +119,7 @@ impl TablePlan {
         Ok(TablePlan {
             shape,
             pairs,
+            derived_neutral: super::splice::neutral_derived(&derived),
             derived,
             moved: None,
             dropped,
@@ -144,10 +148,12 @@ impl TablePlan {
             };
             cols.push(format!("({value})::{ty} AS {}", quote_ident(column)));
         }
+        let derived = format!("(SELECT {} FROM {})", cols.join(", "), source.name.quoted());
         Ok(TablePlan {
             shape: shape.clone(),
             pairs: Vec::new(),
-            derived: format!("(SELECT {} FROM {})", cols.join(", "), source.name.quoted()),
+            derived_neutral: super::splice::neutral_derived(&derived),
+            derived,
             moved: Some(moved.clone()),
             dropped: Vec::new(),
         })

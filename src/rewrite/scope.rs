@@ -116,6 +116,10 @@ fn walk<V: Visit>(
         statements: 0,
         handled,
         skipping: 0,
+        root: None,
+        root_query: false,
+        top_is_dml: false,
+        factors: 0,
         replaced: Vec::new(),
         bare: Vec::new(),
         error: None,
@@ -188,6 +192,11 @@ pub fn column_names(statement: &Statement) -> Vec<String> {
     names
 }
 
+/// Whether a token starting with `b` is an identifier (a word or a quoted identifier).
+fn identifier_start(b: u8) -> bool {
+    b.is_ascii_alphabetic() || b == b'_' || b == b'"'
+}
+
 /// A FROM item as `*` expands it.
 struct FromItem {
     /// The name qualifying its columns: normalized, and as written.
@@ -254,6 +263,15 @@ struct Walker<'a, 'e> {
     handled: &'a [*const Statement],
     /// Depth inside a handled statement's subtree, where nothing is touched.
     skipping: usize,
+    /// The walked statement's own unparenthesized query (a SELECT's, an INSERT's source),
+    /// once the statement is entered.
+    root: Option<*const Query>,
+    /// The query at depth 1 is `root`.
+    root_query: bool,
+    /// The walked statement is an UPDATE or DELETE (whose FROM/USING has no query around it).
+    top_is_dml: bool,
+    /// Table factors being visited (the current one's enclosing factors, then itself).
+    factors: usize,
     /// Names (alias or table name) of the table references replaced by derived tables.
     replaced: Vec<(String, Arc<TablePlan>)>,
     /// Unqualified identifiers seen in expressions.
@@ -285,11 +303,27 @@ impl Walker<'_, '_> {
         self.index.range(ident.span).map(|r| &self.index.text()[r])
     }
 
+    /// Replaces a table name by the plan's derived table. `plain`: the name is a bare table
+    /// reference directly in the walked top-level statement's own FROM/JOIN/USING list (no
+    /// parenthesis around it, no table function arguments, hints, sample, …).
+    ///
+    /// Such an edit is parse-neutral (recorded with [`Edits::replace_neutral`]) when, in
+    /// addition, the derived table was verified ([`super::splice::neutral_derived`]), the name
+    /// starts with an identifier character or `"`, and the characters around it end and start
+    /// tokens on their own. Then sqlparser (0.63, PostgreSQL dialect) reads `(derived) [AS
+    /// name]` in `parse_table_factor` exactly where it read the name: the `(` takes the derived
+    /// path, which parses the verified query, its `)`, and the same alias with the same
+    /// `maybe_parse_table_alias`; the name path had consumed nothing else (no arguments,
+    /// version, sample, hints), so both return at the same token, and no caller distinguishes
+    /// a derived table from a table (only parenthesized factors do, and there are none around
+    /// it). At that level the parser's recursion depth is at most three (statement, query,
+    /// table factor), as where the derived table was verified. docs/rewrite.md, "Check".
     fn replace_table(
         &mut self,
         plan: &Arc<TablePlan>,
         name: &ObjectName,
         has_alias: bool,
+        plain: bool,
     ) -> ControlFlow<()> {
         let Some(range) = self.index.range(name.span()) else {
             return self.refuse(plan, "cannot locate a table reference".into());
@@ -316,8 +350,36 @@ impl Walker<'_, '_> {
                 None => return self.refuse(plan, "cannot locate a table reference".into()),
             }
         };
-        self.edits.replace(range, text);
+        if plain && plan.derived_neutral && self.neutral_name(name, &range) {
+            self.edits.replace_neutral(range, text);
+        } else {
+            self.edits.replace(range, text);
+        }
         ControlFlow::Continue(())
+    }
+
+    /// Whether the name at `range` is whole identifier tokens, each part located, that begin
+    /// and end where nothing around them can join them (so the derived table's `(` and `)`,
+    /// or the last part repeated as an alias, tokenize as they do alone).
+    fn neutral_name(&self, name: &ObjectName, range: &std::ops::Range<usize>) -> bool {
+        let bytes = self.index.text().as_bytes();
+        let mut parts = Vec::with_capacity(name.0.len());
+        for part in &name.0 {
+            let ObjectNamePart::Identifier(i) = part else {
+                return false;
+            };
+            match self.index.range(i.span) {
+                Some(r) if !r.is_empty() && identifier_start(bytes[r.start]) => parts.push(r),
+                _ => return false,
+            }
+        }
+        let (Some(first), Some(last)) = (parts.first(), parts.last()) else {
+            return false;
+        };
+        first.start == range.start
+            && last.end == range.end
+            && super::splice::closes_token_before(range.start.checked_sub(1).map(|i| bytes[i]))
+            && super::splice::opens_token_after(bytes.get(range.end).copied())
     }
 
     /// `*` and `t.*` over a migrated table whose old columns were dropped (complete) would
@@ -576,6 +638,9 @@ impl Visitor for Walker<'_, '_> {
 
     fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
         self.depth += 1;
+        if self.depth == 1 {
+            self.root_query = self.root == Some(query as *const Query);
+        }
         // A CTE name is visible after its own definition (inside it too when RECURSIVE): an
         // earlier sibling or its own body still sees the real table of that name.
         let names = query
@@ -612,6 +677,14 @@ impl Visitor for Walker<'_, '_> {
 
     fn pre_visit_statement(&mut self, statement: &Statement) -> ControlFlow<()> {
         self.statements += 1;
+        if self.statements == 1 {
+            self.root = match statement {
+                Statement::Query(q) => Some(&**q as *const Query),
+                Statement::Insert(i) => i.source.as_deref().map(|q| q as *const Query),
+                _ => None,
+            };
+            self.top_is_dml = matches!(statement, Statement::Update(_) | Statement::Delete(_));
+        }
         if self.skipping > 0 || self.handled.iter().any(|h| std::ptr::eq(*h, statement)) {
             self.skipping += 1;
             return ControlFlow::Continue(());
@@ -639,12 +712,28 @@ impl Visitor for Walker<'_, '_> {
         ControlFlow::Continue(())
     }
 
+    fn post_visit_table_factor(&mut self, _factor: &TableFactor) -> ControlFlow<()> {
+        self.factors -= 1;
+        ControlFlow::Continue(())
+    }
+
     fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+        let enclosing = self.factors;
+        self.factors += 1;
         if self.skipping > 0 {
             return ControlFlow::Continue(());
         }
         let TableFactor::Table {
-            name, alias, args, ..
+            name,
+            alias,
+            args,
+            with_hints,
+            version,
+            partitions,
+            with_ordinality,
+            json_path,
+            sample,
+            index_hints,
         } = factor
         else {
             return ControlFlow::Continue(());
@@ -700,7 +789,23 @@ impl Visitor for Walker<'_, '_> {
         if let Some(a) = alias {
             self.replaced.push((normalize_ident(&a.name), plan.clone()));
         }
-        self.replace_table(&plan, name, alias.is_some())
+        // Only a bare name (sqlparser's plain table path) at the statement's own level may be
+        // replaced without a second parse (see `replace_table`).
+        let top_level = enclosing == 0
+            && self.statements == 1
+            && match self.depth {
+                0 => self.top_is_dml,
+                1 => self.root_query,
+                _ => false,
+            };
+        let bare = with_hints.is_empty()
+            && version.is_none()
+            && partitions.is_empty()
+            && !with_ordinality
+            && json_path.is_none()
+            && sample.is_none()
+            && index_hints.is_empty();
+        self.replace_table(&plan, name, alias.is_some(), top_level && bare)
     }
 
     fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {

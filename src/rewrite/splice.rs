@@ -10,13 +10,24 @@ use sqlparser::tokenizer::{Location, Span};
 pub struct LineIndex<'a> {
     text: &'a str,
     line_starts: Vec<usize>,
+    /// Byte offset of the first non-ASCII byte (the text's length when there is none): before
+    /// it, columns are bytes and a location is found without counting characters.
+    first_non_ascii: usize,
 }
 
 impl<'a> LineIndex<'a> {
     pub fn new(text: &'a str) -> LineIndex<'a> {
         let mut line_starts = vec![0];
         line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
-        LineIndex { text, line_starts }
+        let first_non_ascii = text
+            .bytes()
+            .position(|b| !b.is_ascii())
+            .unwrap_or(text.len());
+        LineIndex {
+            text,
+            line_starts,
+            first_non_ascii,
+        }
     }
 
     /// Byte offset of a location; `None` for the empty location or one past the text.
@@ -27,7 +38,8 @@ impl<'a> LineIndex<'a> {
         let start = *self.line_starts.get(loc.line as usize - 1)?;
         let line = &self.text[start..];
         let col = loc.column as usize - 1;
-        if line.as_bytes()[..line.len().min(col + 1)].is_ascii() {
+        let ascii_end = start + line.len().min(col + 1);
+        if ascii_end <= self.first_non_ascii || line.as_bytes()[..ascii_end - start].is_ascii() {
             return (start + col <= self.text.len()).then_some(start + col);
         }
         match line.char_indices().nth(col) {
@@ -56,6 +68,33 @@ pub struct Edits {
     /// Indices of replacements whose text already contains the rewritten content of their
     /// range; other edits inside them are superseded.
     covering: Vec<usize>,
+    /// How the final check treats some edits (by index); the others are checked as they are.
+    checks: Vec<(usize, Check)>,
+    /// Statements being rewritten inside another one's parentheses (data-modifying CTEs):
+    /// their edits are never parse-neutral (the argument holds at a statement's own level).
+    nested: usize,
+}
+
+/// How the check of a rewrite (the output parses into as many statements) treats one edit.
+#[derive(Debug)]
+enum Check {
+    /// Parse-neutral by construction (docs/rewrite.md, "Check"): a statement whose edits
+    /// are all such parses exactly as the client's text did, so it needs no second parse.
+    Neutral,
+    /// Parsed with this text in the edit's place: a short stand-in for a fragment verified
+    /// once, which parses wherever the stand-in does.
+    StandIn(String),
+}
+
+/// What the check of a rewritten text must parse.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CheckText {
+    /// Nothing: every edit is parse-neutral, so the output parses as the input did.
+    Neutral,
+    /// The output itself.
+    Output,
+    /// The output with stand-ins for verified fragments.
+    StandIns(String),
 }
 
 impl Edits {
@@ -65,6 +104,37 @@ impl Edits {
 
     pub fn insert(&mut self, at: usize, text: impl Into<String>) {
         self.edits.push((at..at, text.into()));
+    }
+
+    /// [`Self::replace`] with an edit shown to leave the statement parsing as it did (a table
+    /// name becoming a verified derived table; see `scope::Walker::replace_table`).
+    pub fn replace_neutral(&mut self, range: Range<usize>, text: impl Into<String>) {
+        if self.nested == 0 {
+            self.checks.push((self.edits.len(), Check::Neutral));
+        }
+        self.edits.push((range, text.into()));
+    }
+
+    /// Edits from here to [`Self::leave_nested`] belong to a statement nested in another.
+    pub fn enter_nested(&mut self) {
+        self.nested += 1;
+    }
+
+    pub fn leave_nested(&mut self) {
+        self.nested -= 1;
+    }
+
+    /// [`Self::replace`] whose check parses `stand_in` in place of `text` (`text` holds a
+    /// verified fragment that parses wherever `stand_in` does; see `moves::rewrite`).
+    pub fn replace_with_stand_in(
+        &mut self,
+        range: Range<usize>,
+        text: impl Into<String>,
+        stand_in: String,
+    ) {
+        self.checks
+            .push((self.edits.len(), Check::StandIn(stand_in)));
+        self.edits.push((range, text.into()));
     }
 
     /// Replaces `range` with `text` that was built from the range's own rewritten text
@@ -95,34 +165,63 @@ impl Edits {
     }
 
     /// Applies the edits; `None` when two of them overlap (a rewrite bug, refused upstream).
-    pub fn apply(mut self, text: &str) -> Option<String> {
-        let covering: Vec<Range<usize>> = self
-            .covering
+    pub fn apply(self, text: &str) -> Option<String> {
+        self.splice(text, |i| &self.edits[i].1)
+    }
+
+    /// What the check of [`Self::apply`]'s output must parse: nothing when every edit is
+    /// parse-neutral, else the output with each stand-in in place of its edit.
+    pub fn check_text(&self, text: &str) -> Option<CheckText> {
+        if !self.edits.is_empty()
+            && self.covering.is_empty()
+            && self.checks.len() == self.edits.len()
+            && self.checks.iter().all(|(_, c)| matches!(c, Check::Neutral))
+        {
+            return Some(CheckText::Neutral);
+        }
+        if !self
+            .checks
             .iter()
-            .map(|&i| self.edits[i].0.clone())
+            .any(|(_, c)| matches!(c, Check::StandIn(_)))
+        {
+            return Some(CheckText::Output);
+        }
+        let with_stand_ins = self.splice(text, |i| {
+            match self.checks.iter().find(|(at, _)| *at == i) {
+                Some((_, Check::StandIn(s))) => s,
+                _ => &self.edits[i].1,
+            }
+        })?;
+        Some(CheckText::StandIns(with_stand_ins))
+    }
+
+    /// `text` with the edits applied, edit `i` contributing `pick(i)`.
+    fn splice<'s>(&'s self, text: &str, pick: impl Fn(usize) -> &'s str) -> Option<String> {
+        let covering: Vec<&Range<usize>> =
+            self.covering.iter().map(|&i| &self.edits[i].0).collect();
+        let mut order: Vec<usize> = (0..self.edits.len())
+            .filter(|&i| {
+                let r = &self.edits[i].0;
+                self.covering.contains(&i)
+                    || !covering.iter().any(|c| {
+                        c.start <= r.start
+                            && r.end <= c.end
+                            && !(r.is_empty() && (r.start == c.start || r.end == c.end))
+                    })
+            })
             .collect();
-        let mut index = 0;
-        let kept = std::mem::take(&mut self.covering);
-        self.edits.retain(|(r, _)| {
-            let i = index;
-            index += 1;
-            kept.contains(&i)
-                || !covering.iter().any(|c| {
-                    c.start <= r.start
-                        && r.end <= c.end
-                        && !(r.is_empty() && (r.start == c.start || r.end == c.end))
-                })
-        });
         // Stable sort keeps insertions at one point in the order they were made.
-        self.edits.sort_by_key(|(r, _)| (r.start, r.end));
-        let mut out = String::with_capacity(text.len() + 64 * self.edits.len());
+        order.sort_by_key(|&i| (self.edits[i].0.start, self.edits[i].0.end));
+        let added: usize = order.iter().map(|&i| pick(i).len()).sum();
+        let mut out = String::with_capacity(text.len() + added);
         let mut pos = 0;
-        for (range, new) in &self.edits {
+        for i in order {
+            let range = &self.edits[i].0;
             if range.start < pos || range.end > text.len() {
                 return None;
             }
             out.push_str(&text[pos..range.start]);
-            out.push_str(new);
+            out.push_str(pick(i));
             pos = range.end;
         }
         out.push_str(&text[pos..]);
@@ -146,6 +245,90 @@ mod tests {
         // 'é' is two bytes: column 4 (the space) is at byte 3 + 4.
         assert_eq!(idx.offset(loc(2, 4)), Some(7));
         assert_eq!(idx.offset(loc(0, 0)), None);
+    }
+
+    /// The offset as computed before the ASCII shortcut: characters counted per line.
+    fn offset_by_chars(text: &str, loc: Location) -> Option<usize> {
+        if loc.line == 0 || loc.column == 0 {
+            return None;
+        }
+        let mut starts = vec![0];
+        starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        let start = *starts.get(loc.line as usize - 1)?;
+        let line = &text[start..];
+        let col = loc.column as usize - 1;
+        match line.char_indices().nth(col) {
+            Some((i, _)) => Some(start + i),
+            None if line.chars().count() == col => Some(text.len()),
+            None => None,
+        }
+    }
+
+    #[test]
+    fn the_ascii_shortcut_finds_the_same_offsets() {
+        for text in [
+            "SELECT 1",
+            "SELECT 'é'\nFROM users -- ü\n WHERE x = 'ß'",
+            "é",
+            "\n\nab\ncd",
+            "ab\n'é' x\n",
+            "",
+        ] {
+            let idx = LineIndex::new(text);
+            for line in 0..6 {
+                for column in 0..(text.len() as u64 + 3) {
+                    let l = loc(line, column);
+                    assert_eq!(idx.offset(l), offset_by_chars(text, l), "{text:?} {l:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn check_texts_follow_the_edits() {
+        let text = "SELECT a FROM t; SELECT b FROM t";
+        let mut e = Edits::default();
+        e.replace_neutral(14..15, "(SELECT 1) AS t");
+        assert_eq!(e.check_text(text), Some(CheckText::Neutral));
+        e.replace(7..8, "x");
+        assert_eq!(e.check_text(text), Some(CheckText::Output));
+        let mut e = Edits::default();
+        e.replace_with_stand_in(17..32, "SELECT long", "SELECT 1".into());
+        e.replace_neutral(14..15, "(SELECT 1) AS t");
+        assert_eq!(
+            e.check_text(text),
+            Some(CheckText::StandIns(
+                "SELECT a FROM (SELECT 1) AS t; SELECT 1".into()
+            ))
+        );
+        assert_eq!(
+            e.apply(text).unwrap(),
+            "SELECT a FROM (SELECT 1) AS t; SELECT long"
+        );
+        let mut e = Edits::default();
+        e.enter_nested();
+        e.replace_neutral(14..15, "(SELECT 1) AS t");
+        e.leave_nested();
+        assert_eq!(e.check_text(text), Some(CheckText::Output));
+    }
+
+    #[test]
+    fn only_one_parenthesized_query_is_a_neutral_derived_table() {
+        assert!(neutral_derived("(SELECT id, (a)::text AS b FROM public.t)"));
+        for text in [
+            "SELECT 1",
+            "(SELECT 1) x",
+            "(SELECT 1) UNION (SELECT 2)",
+            "(SELECT 1; SELECT 2)",
+            "(SELECT 1 -- c)",
+            "(SELECT (1)",
+            "(t JOIN u ON true)",
+            " (SELECT 1)",
+        ] {
+            assert!(!neutral_derived(text), "{text}");
+        }
+        let deep = format!("(SELECT {}1{})", "(".repeat(60), ")".repeat(60));
+        assert!(!neutral_derived(&deep));
     }
 
     #[test]
@@ -368,4 +551,86 @@ mod list_tests {
             "SELECT (1)"
         );
     }
+}
+
+/// Whether `derived` (a plan's `(SELECT … FROM table)`) may stand for a table name without a
+/// second parse of the statement: it is one parenthesized query (its first `(` closes at its
+/// last `)`, no `;`) that sqlparser reads as a derived table. See `scope::Walker::replace_table`
+/// and docs/rewrite.md ("Check").
+pub fn neutral_derived(derived: &str) -> bool {
+    use sqlparser::ast::{SetExpr, Statement, TableFactor};
+    use sqlparser::dialect::PostgreSqlDialect;
+    use sqlparser::parser::Parser;
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    if !derived.starts_with('(') || !derived.ends_with(')') {
+        return false;
+    }
+    let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, derived).tokenize() else {
+        return false;
+    };
+    let mut depth = 0i32;
+    let mut closed = false;
+    for t in tokens.iter().filter(|t| !matches!(t, Token::Whitespace(_))) {
+        if closed {
+            return false; // something after the parenthesis that closes the first one
+        }
+        match t {
+            Token::LParen => depth += 1,
+            Token::RParen => {
+                depth -= 1;
+                closed = depth == 0;
+            }
+            Token::SemiColon => return false,
+            _ if depth == 0 => return false,
+            _ => {}
+        }
+    }
+    if !closed {
+        return false;
+    }
+    let sql = format!("SELECT * FROM {derived} AS pgshift_t");
+    // Where it replaces a name, at most three parser frames are open (statement, query, table
+    // factor), as here; three fewer levels to spare must do too, for a margin.
+    let parses_within = |limit: usize| {
+        Parser::new(&PostgreSqlDialect {})
+            .with_recursion_limit(limit)
+            .try_with_sql(&sql)
+            .and_then(|mut p| p.parse_statements())
+            .is_ok()
+    };
+    if !(47..50).all(parses_within) {
+        return false;
+    }
+    let Ok(statements) = Parser::parse_sql(&PostgreSqlDialect {}, &sql) else {
+        return false;
+    };
+    let [Statement::Query(query)] = statements.as_slice() else {
+        return false;
+    };
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return false;
+    };
+    matches!(
+        select.from.as_slice(),
+        [from] if from.joins.is_empty()
+            && matches!(
+                &from.relation,
+                TableFactor::Derived { lateral: false, alias: Some(_), sample: None, .. }
+            )
+    )
+}
+
+/// Whether `c`, just before a replaced range, ends the token before it whatever follows (it
+/// is whitespace, which only a whitespace token or a `--` comment ends with, or `(` or `,`).
+pub fn closes_token_before(c: Option<u8>) -> bool {
+    matches!(c, None | Some(b' ' | b'\t' | b'\n' | b'\r' | b'(' | b','))
+}
+
+/// Whether `c`, just after a replaced range, starts a token that does not depend on the one
+/// before it (whitespace, `)`, `,`, `;`, or the end of the text).
+pub fn opens_token_after(c: Option<u8>) -> bool {
+    matches!(
+        c,
+        None | Some(b' ' | b'\t' | b'\n' | b'\r' | b')' | b',' | b';')
+    )
 }

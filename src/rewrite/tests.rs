@@ -4,6 +4,8 @@
 use super::*;
 use crate::migration::Phase;
 
+mod check;
+
 fn users(rename: Phase, retype: Phase) -> Rewriter {
     Rewriter::new(&[fixtures::users_table(rename, retype)], &[]).unwrap()
 }

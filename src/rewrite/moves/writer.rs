@@ -11,7 +11,7 @@ use sqlparser::keywords::Keyword;
 use super::super::scope::{self, idents};
 use super::super::splice::{self, Edits, LineIndex};
 use super::super::{Refusal, Rewriter, normalize_ident};
-use super::{Clauses, MovePlan, Side};
+use super::{Clauses, MIRROR_STAND_IN, MovePlan, Side, StatementTokens, Written};
 use crate::migration::quote_ident;
 
 /// Builds the rewritten text of one write.
@@ -23,6 +23,8 @@ pub(super) struct Writer<'a> {
     pub(super) range: Range<usize>,
     /// Reads inside the statement's clauses, substituted (applied piecewise).
     reads: Edits,
+    /// The statement's tokens, for [`Self::clauses`].
+    tokens: StatementTokens,
 }
 
 impl<'a> Writer<'a> {
@@ -38,8 +40,9 @@ impl<'a> Writer<'a> {
             .range(statement.span())
             .map(|r| r.start)
             .ok_or_else(|| plan.refuse("cannot locate the statement"))?;
-        let clauses = Clauses::scan(text, start, &[])
+        let tokens = StatementTokens::scan(text, start)
             .ok_or_else(|| plan.refuse("cannot tokenize the statement"))?;
+        let clauses = Clauses::of(&tokens, start, &[]);
         let mut reads = Edits::default();
         let mut walk = |node: &dyn WalkNode| node.walk(rw, index, &mut reads);
         match statement {
@@ -101,6 +104,7 @@ impl<'a> Writer<'a> {
             text,
             range: start..clauses.end,
             reads,
+            tokens,
         })
     }
 
@@ -112,8 +116,7 @@ impl<'a> Writer<'a> {
     }
 
     pub(super) fn clauses(&self, keywords: &[Keyword]) -> Result<Clauses, Refusal> {
-        Clauses::scan(self.text, self.range.start, keywords)
-            .ok_or_else(|| self.plan.refuse("cannot tokenize the statement"))
+        Ok(Clauses::of(&self.tokens, self.range.start, keywords))
     }
 
     /// The RETURNING items as `(expression text, output name)`, `*` and `q.*` expanded to the
@@ -187,7 +190,10 @@ impl<'a> Writer<'a> {
     /// `conflict`: the other table's rows are upserted (the named table is authoritative, so
     /// a row the backfill already copied is overwritten with the client's); otherwise a plain
     /// INSERT, whose unique violation on the authoritative table is the client's error.
-    pub(super) fn dual_insert(&self, insert: &Insert, conflict: bool) -> Result<String, Refusal> {
+    ///
+    /// Without RETURNING, and when the statement is followed by nothing but whitespace, `;` or
+    /// the end, the check parses [`MIRROR_STAND_IN`] in place of the (verified) mirror.
+    pub(super) fn dual_insert(&self, insert: &Insert, conflict: bool) -> Result<Written, Refusal> {
         if let Some(sqlparser::ast::OnInsert::OnConflict(c)) = &insert.on
             && let sqlparser::ast::OnConflictAction::DoUpdate(update) = &c.action
             && let Some(key) = update.assignments.iter().find_map(|a| match &a.target {
@@ -207,17 +213,22 @@ impl<'a> Writer<'a> {
             .unwrap_or(clauses.end);
         let client = self.piece(self.range.start..body_end)?;
         let other = self.side.other();
-        let mut mirror = self.plan.upsert(other, "pgshift_w", |c| {
-            format!("pgshift_w.{}", quote_ident(c))
-        });
-        if !conflict && let Some(at) = mirror.find(" ON CONFLICT (") {
-            mirror.truncate(at);
-        }
-        let mut out = format!(
-            "WITH pgshift_w AS ({} RETURNING *) {mirror}",
-            client.trim_end()
+        let mirrors = self.plan.mirror(other);
+        let (mirror, verified) = if conflict {
+            (&mirrors.upsert, mirrors.upsert_verified)
+        } else {
+            (&mirrors.plain, mirrors.plain_verified)
+        };
+        let head = format!("WITH pgshift_w AS ({} RETURNING *) ", client.trim_end());
+        let mut out = format!("{head}{mirror}");
+        let returning = (&insert.returning, clauses.body(Keyword::RETURNING));
+        let ends = matches!(
+            self.text.as_bytes().get(self.range.end),
+            None | Some(b' ' | b'\t' | b'\n' | b'\r' | b';')
         );
-        if let (Some(items), Some(body)) = (&insert.returning, clauses.body(Keyword::RETURNING)) {
+        let stand_in = (verified && ends && !matches!(returning, (Some(_), Some(_))))
+            .then(|| format!("{head}{MIRROR_STAND_IN}"));
+        if let (Some(items), Some(body)) = returning {
             let items = self.returning_items(items, body)?;
             let qualifier = insert_qualifier(insert, self.text)
                 .ok_or_else(|| self.plan.refuse("cannot locate the INSERT target"))?;
@@ -225,7 +236,10 @@ impl<'a> Writer<'a> {
             let correlation = format!(" WHERE {}", self.plan.key_match(&qualifier, &target));
             out.push_str(&self.returning_via(&items, "pgshift_w", &qualifier, &correlation));
         }
-        Ok(out)
+        Ok(Written {
+            text: out,
+            stand_in,
+        })
     }
 
     /// `q.k1 AS pgshift_k1, …`: the key columns under pgshift names.
