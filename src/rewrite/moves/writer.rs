@@ -352,7 +352,8 @@ impl<'a> Writer<'a> {
         Ok(out)
     }
 
-    pub(super) fn dual_update(&self, update: &Update) -> Result<String, Refusal> {
+    /// An UPDATE's clauses, refusing the forms neither kind of UPDATE rewrite supports.
+    fn update_clauses(&self, update: &Update) -> Result<Clauses, Refusal> {
         let clauses = self.clauses(&[
             Keyword::SET,
             Keyword::FROM,
@@ -369,6 +370,11 @@ impl<'a> Writer<'a> {
                 "RETURNING in an UPDATE … FROM on a table of a table move is not supported",
             ));
         }
+        Ok(clauses)
+    }
+
+    pub(super) fn dual_update(&self, update: &Update) -> Result<String, Refusal> {
+        let clauses = self.update_clauses(update)?;
         let (target, q) = self.target(&update.table.relation)?;
         let sets = self.assignments(update, self.side)?;
         // Every column under a pgshift name: the top-level UPDATE joins this CTE, and the

@@ -15,22 +15,7 @@ impl Writer<'_> {
         auth: Side,
     ) -> Result<String, Refusal> {
         let named = self.side;
-        let clauses = self.clauses(&[
-            Keyword::SET,
-            Keyword::FROM,
-            Keyword::WHERE,
-            Keyword::RETURNING,
-        ])?;
-        if !update.table.joins.is_empty() {
-            return Err(self
-                .plan
-                .refuse("joins in an UPDATE target are not supported"));
-        }
-        if clauses.body(Keyword::FROM).is_some() && update.returning.is_some() {
-            return Err(self.plan.refuse(
-                "RETURNING in an UPDATE … FROM on a table of a table move is not supported",
-            ));
-        }
+        let clauses = self.update_clauses(update)?;
         let (_, q) = self.target(&update.table.relation)?;
         let sets = self.assignments(update, named)?;
         let columns = &self.plan.shape(named).columns;
