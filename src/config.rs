@@ -75,7 +75,8 @@ pub struct ProxyConfig {
     /// On SIGTERM, how long in-flight transactions may take before connections are closed.
     #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
-    /// Threads serving connections; 0 = one per core, 1 = a single-threaded event loop.
+    /// Session event loops (src/workers.rs), a thread each; 0 = one per core, 1 = sessions
+    /// share the control plane's single thread.
     #[serde(default)]
     pub worker_threads: usize,
     /// Largest client message accepted, in bytes (length field included).

@@ -35,3 +35,4 @@ pub mod sessions;
 pub mod snapshot;
 pub mod tls;
 pub mod wire;
+pub mod workers;

@@ -247,17 +247,10 @@ fn serve(path: PathBuf) -> anyhow::Result<()> {
                 && std::env::var_os("NO_COLOR").is_none(),
         )
         .init();
-    let mut builder = match config.proxy.worker_threads {
-        // One thread: no cross-thread wake-ups or work stealing between a session's pumps.
-        1 => tokio::runtime::Builder::new_current_thread(),
-        0 => tokio::runtime::Builder::new_multi_thread(),
-        n => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n);
-            b
-        }
-    };
-    let runtime = builder
+    // The control plane, the admin socket, the metrics endpoint and the accept loop share one
+    // thread; sessions run on `proxy.worker_threads` loops of their own (src/workers.rs), or
+    // on this one too when that is 1.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

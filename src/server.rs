@@ -1,13 +1,14 @@
 //! The process: binds the proxy and metrics listeners, accepts clients (one task per session,
-//! all owned by a tracker), enforces the connection limit, and shuts down gracefully: stop
-//! accepting, let sessions finish their transactions within `shutdown_grace`, then exit.
+//! all owned by a tracker, each pinned to one of the session loops in `workers`), enforces the
+//! connection limit, and shuts down gracefully: stop accepting, let sessions finish their
+//! transactions within `shutdown_grace`, then exit.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -18,6 +19,7 @@ use crate::config::{Config, ProxyConfig};
 use crate::metrics::{self, Metrics, Readiness};
 use crate::sessions::Sessions;
 use crate::snapshot::SnapshotStore;
+use crate::workers::Workers;
 use crate::{session, tls};
 use metrics_exporter_prometheus::PrometheusHandle;
 
@@ -103,6 +105,8 @@ pub struct Shared {
 pub enum StartError {
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error("cannot start the session threads: {0}")]
+    Workers(std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -158,6 +162,15 @@ pub async fn start(
             addr: config.admin.metrics_listen,
             source,
         })?;
+    let workers = match config.proxy.worker_threads {
+        // One thread in all: sessions share the caller's single-threaded runtime.
+        1 => None,
+        0 => Some(std::thread::available_parallelism().map_or(1, |n| n.get())),
+        n => Some(n),
+    }
+    .map(Workers::start)
+    .transpose()
+    .map_err(StartError::Workers)?;
     let readiness = Arc::new(Readiness::default());
     readiness.set(true);
 
@@ -170,8 +183,10 @@ pub async fn start(
     ));
     let ready = readiness.clone();
     let accept_proxy = proxy.clone();
+    // 0: sessions share the caller's thread.
+    let session_threads = workers.as_ref().map_or(0, Workers::count);
     let done = tokio::spawn(async move {
-        accept_loop(accept_proxy.clone(), listener).await;
+        accept_loop(accept_proxy.clone(), listener, workers).await;
         ready.set(false);
         info!(
             sessions = accept_proxy.connection_count(),
@@ -180,7 +195,13 @@ pub async fn start(
         http_shutdown.cancel();
         let _ = http.await;
     });
-    info!(%listen, %metrics_listen, upstream = %config.proxy.upstream, "pgshift listening");
+    info!(
+        %listen,
+        %metrics_listen,
+        upstream = %config.proxy.upstream,
+        session_threads,
+        "pgshift listening"
+    );
     Ok(Running {
         listen,
         metrics_listen,
@@ -190,7 +211,9 @@ pub async fn start(
     })
 }
 
-async fn accept_loop(proxy: Arc<Proxy>, listener: TcpListener) {
+/// Accepts until shutdown, then waits for the sessions; `workers` (None: run sessions on the
+/// current runtime) are stopped once the sessions are done or the hard deadline has passed.
+async fn accept_loop(proxy: Arc<Proxy>, listener: TcpListener, workers: Option<Workers>) {
     let sessions = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -199,7 +222,25 @@ async fn accept_loop(proxy: Arc<Proxy>, listener: TcpListener) {
         };
         match accepted {
             Ok((tcp, peer)) => {
-                sessions.spawn(session::serve(proxy.clone(), tcp, peer));
+                let Some(workers) = &workers else {
+                    sessions.spawn(session::serve(proxy.clone(), tcp, peer));
+                    continue;
+                };
+                // Leaves this runtime's reactor; registered with the chosen loop's there.
+                let tcp = match tcp.into_std() {
+                    Ok(tcp) => tcp,
+                    Err(e) => {
+                        warn!(%peer, error = %e, "cannot hand over the connection");
+                        continue;
+                    }
+                };
+                let proxy = proxy.clone();
+                workers.spawn(&sessions, async move {
+                    match TcpStream::from_std(tcp) {
+                        Ok(tcp) => session::serve(proxy, tcp, peer).await,
+                        Err(e) => warn!(%peer, error = %e, "cannot register the connection"),
+                    }
+                });
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -221,4 +262,6 @@ async fn accept_loop(proxy: Arc<Proxy>, listener: TcpListener) {
             "sessions still open after the grace period"
         );
     }
+    // Joins the loops' threads; whatever still runs there is cancelled.
+    drop(workers);
 }
