@@ -11,8 +11,12 @@ use std::time::Duration;
 
 use rand::RngExt;
 use tokio::task::JoinHandle;
+use tokio_postgres::Client;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::config::UpstreamTls;
 
 use crate::config::{Config, split_host_port};
 use crate::migration::{ColumnInfo, QualifiedName, TableShape};
@@ -135,29 +139,45 @@ pub fn pg_config(config: &Config, database: &str) -> Result<tokio_postgres::Conf
         .user(&control.user)
         .dbname(database)
         .application_name("pgshift")
-        .connect_timeout(CONNECT_TIMEOUT);
+        .connect_timeout(CONNECT_TIMEOUT)
+        // As for sessions; PostgreSQL declines TLS on a Unix socket, and `require` is refused
+        // with one at load.
+        .ssl_mode(match config.proxy.upstream_tls {
+            UpstreamTls::Disable => SslMode::Disable,
+            UpstreamTls::Prefer => SslMode::Prefer,
+            UpstreamTls::Require => SslMode::Require,
+        });
     if let Some(password) = password {
         pg.password(password);
     }
     Ok(pg)
 }
 
+/// TLS for control connections, with the sessions' upstream settings: encryption without
+/// certificate verification, like libpq's `sslmode=require` (see `tls::upstream_config`).
+/// Used only when [`pg_config`]'s `ssl_mode` asks for it.
+pub fn tls_connector() -> MakeRustlsConnect {
+    static CONNECTOR: std::sync::OnceLock<MakeRustlsConnect> = std::sync::OnceLock::new();
+    CONNECTOR
+        .get_or_init(|| MakeRustlsConnect::new((*crate::tls::upstream_config()).clone()))
+        .clone()
+}
+
 /// Opens a control connection to `database` on `[proxy].upstream` as `[control].user`.
 ///
 /// The password is taken from the environment variable named by `[control].password_env` when
 /// that is set and the variable exists, else from `[control].password`, else none is sent.
-/// The connection is made without TLS: `[proxy].upstream_tls` applies to client sessions
-/// only for now; honouring it for control connections comes later.
+/// TLS follows `[proxy].upstream_tls`, as for client sessions ([`tls_connector`]).
 pub async fn connect(config: &Config, database: &str) -> Result<ControlConnection, CatalogError> {
     let control = &config.control;
     let pg = pg_config(config, database)?;
-    let (client, connection) = pg
-        .connect(NoTls)
-        .await
-        .map_err(|error| CatalogError::Connect {
-            target: format!("{}@{}/{database}", control.user, config.proxy.upstream),
-            error,
-        })?;
+    let (client, connection) =
+        pg.connect(tls_connector())
+            .await
+            .map_err(|error| CatalogError::Connect {
+                target: format!("{}@{}/{database}", control.user, config.proxy.upstream),
+                error,
+            })?;
     let database = database.to_owned();
     let task = tokio::spawn(async move {
         if let Err(e) = connection.await {

@@ -786,7 +786,7 @@ async fn listen(
     let (client, mut connection) = catalog::pg_config(config, database)
         .map_err(|e| e.to_string())?
         .application_name("pgshift listen")
-        .connect(tokio_postgres::NoTls)
+        .connect(catalog::tls_connector())
         .await
         .map_err(|e| e.to_string())?;
     let task = tokio::spawn(async move {

@@ -301,10 +301,31 @@ async fn upstream_tls_modes_against_a_server_with_ssl() {
     )
     .await;
 
+    direct
+        .batch_execute("CREATE TABLE tls_users (id int PRIMARY KEY, user_name text)")
+        .await
+        .unwrap();
     for (mode, expect_ssl) in [("require", true), ("prefer", true), ("disable", false)] {
+        // A migration, so pgshift's control plane (state, LISTEN) connects too.
         let proxy = ProxyConfig::new(cluster())
             .upstream_port(pg.port())
             .upstream_tls(mode)
+            .extra(
+                r#"
+[control]
+user = "postgres"
+
+[[migration]]
+name = "tls_users_display_name"
+database = "postgres"
+table = "public.tls_users"
+kind = "columns"
+phase = "planned"
+[[migration.columns]]
+old = "user_name"
+new = "display_name"
+"#,
+            )
             .spawn();
         let client = connect(&proxy.url("postgres", "postgres")).await;
         assert_eq!(
@@ -312,6 +333,28 @@ async fn upstream_tls_modes_against_a_server_with_ssl() {
             expect_ssl,
             "upstream_tls = {mode}"
         );
+        // The control connections follow upstream_tls too.
+        let control: Vec<(String, bool)> = direct
+            .query(
+                "SELECT a.application_name, s.ssl FROM pg_stat_activity a \
+                 JOIN pg_stat_ssl s USING (pid) WHERE a.application_name LIKE 'pgshift%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        assert!(
+            control.iter().any(|(app, _)| app == "pgshift listen"),
+            "the control plane's connections should be open: {control:?}"
+        );
+        assert!(
+            control.iter().all(|(_, ssl)| *ssl == expect_ssl),
+            "control connections with upstream_tls = {mode}: {control:?}"
+        );
+        drop(client);
+        proxy.kill();
     }
 
     // TLS on both legs with SCRAM: the server offers SCRAM-SHA-256-PLUS to pgshift, which must
