@@ -27,6 +27,22 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const THROTTLE_RECHECK: Duration = Duration::from_secs(1);
 /// How long the orphan sweep waits for transactions older than the last batch.
 const SWEEP_WAIT: Duration = Duration::from_secs(60);
+/// The transactions the orphan sweep waits for, as (count, list): sessions whose transaction
+/// began before `$1` (epoch seconds), and prepared (two-phase) transactions prepared before
+/// then or holding a transaction id older than `$2` (32-bit, as text). A prepared DELETE of a
+/// source row is invisible to the sweep until COMMIT PREPARED, so its orphan would stay.
+const OLDER_TRANSACTIONS_SQL: &str = "\
+    WITH older AS ( \
+        SELECT 1 AS kind, lpad(pid::text, 10) AS ord, 'backend pid ' || pid AS what \
+        FROM pg_stat_activity WHERE datname = current_database() \
+        AND backend_type = 'client backend' AND pid <> pg_backend_pid() \
+        AND xact_start < to_timestamp($1) \
+        UNION ALL \
+        SELECT 2, gid, 'prepared transaction ' || quote_literal(gid) \
+        FROM pg_prepared_xacts WHERE database = current_database() \
+        AND (prepared < to_timestamp($1) OR age(transaction) > age($2::text::xid)) \
+    ) \
+    SELECT count(*)::int8, string_agg(what, ', ' ORDER BY kind, ord) FROM older";
 /// Sweep chunks are this many batches (they mostly read).
 const SWEEP_CHUNK_FACTOR: u32 = 10;
 
@@ -235,26 +251,26 @@ async fn sweep(
     config: &Config,
     token: &CancellationToken,
 ) -> Result<Option<i64>, String> {
-    let since: f64 = db
+    // The time, and the first transaction id not yet assigned: a prepared transaction with an
+    // older id began before now, whenever it was prepared.
+    let since = db
         .conn
-        .query_one("SELECT extract(epoch FROM clock_timestamp())::float8", &[])
+        .query_one(
+            "SELECT extract(epoch FROM clock_timestamp())::float8, \
+             (pg_snapshot_xmax(pg_current_snapshot())::text::int8 % 4294967296)::text",
+            &[],
+        )
         .await
-        .map_err(|e| describe(&e))?
-        .get(0);
+        .map_err(|e| describe(&e))?;
+    let (since, next_xid): (f64, String) = (since.get(0), since.get(1));
     let deadline = Instant::now() + SWEEP_WAIT;
     loop {
         let row = db
             .conn
-            .query_one(
-                "SELECT count(*)::int8, string_agg(pid::text, ', ' ORDER BY pid) \
-                 FROM pg_stat_activity WHERE datname = current_database() \
-                 AND backend_type = 'client backend' AND pid <> pg_backend_pid() \
-                 AND xact_start < to_timestamp($1)",
-                &[&since],
-            )
+            .query_one(OLDER_TRANSACTIONS_SQL, &[&since, &next_xid])
             .await
             .map_err(|e| describe(&e))?;
-        let (open, pids): (i64, Option<String>) = (row.get(0), row.get(1));
+        let (open, which): (i64, Option<String>) = (row.get(0), row.get(1));
         if open == 0 {
             break;
         }
@@ -265,16 +281,16 @@ async fn sweep(
             warn!(
                 migration = name,
                 open,
-                pids,
+                which,
                 "sweeping although transactions older than \
                   the last batch are still open; verify will show what they leave behind"
             );
             break;
         }
         let patch = json!({"waiting": format!(
-            "{open} transaction(s) older than the last batch still open (backend pid {}); the \
-             orphan sweep waits for them",
-            pids.unwrap_or_default()
+            "{open} transaction(s) older than the last batch still open ({}); the orphan \
+             sweep waits for them",
+            which.unwrap_or_default()
         )});
         if store::update_job(state, name, Job::Backfill, run_id, &patch, false)
             .await
