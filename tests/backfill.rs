@@ -16,16 +16,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::ctl::{accepted, entry, record, refused};
+use common::items::{ITEMS, UP, items_config};
 use common::orders::{self, MIGRATION as ORDERS, Orders};
-use common::{Proxy, ProxyConfig, TestDb, cluster, connect, describe_error, eventually};
+use common::{Proxy, ProxyConfig, TestDb, cluster, connect, count, describe_error, eventually};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
-/// The column migration `items.qty` → `items.qty_int`.
-const ITEMS: &str = "items_qty_int";
-/// `up` of [`ITEMS`].
-const UP: &str = "CASE WHEN qty ~ '^[0-9]+$' THEN qty::integer END";
 /// Rows created before expand in the load tests.
 const ROWS: i64 = 200_000;
 /// Concurrent writers through pgshift.
@@ -55,35 +53,10 @@ async fn create_items(direct: &Client, rows: i64) {
         .unwrap_or_else(|e| panic!("create items: {}", describe_error(&e)));
 }
 
-/// `[control]` and the `items` column migration, in planned (expand_sql adds `qty_int`).
-fn items_toml(db: &str) -> String {
-    format!(
-        r#"{control}
-[[migration]]
-name = "{ITEMS}"
-database = "{db}"
-table = "public.items"
-kind = "columns"
-phase = "planned"
-expand_sql = "ALTER TABLE items ADD COLUMN qty_int integer"
-[[migration.columns]]
-old = "qty"
-new = "qty_int"
-up = "{UP}"
-down = "qty_int::text"
-"#,
-        control = orders::control_toml()
-    )
-}
-
-fn items_config(db: &str) -> ProxyConfig {
-    ProxyConfig::new(cluster()).extra(&items_toml(db))
-}
-
 /// The config [`Orders::start`] starts its proxy with (the migration in planned).
 fn orders_config(db: &str) -> ProxyConfig {
     ProxyConfig::new(cluster())
-        .extra(&orders::control_toml())
+        .extra(&common::control_toml())
         .extra(&orders::migration_toml(db))
 }
 
@@ -117,24 +90,8 @@ async fn items_out_of_sync(direct: &Client) -> (i64, String) {
     (row.get(0), row.get(1))
 }
 
-async fn count(direct: &Client, sql: &str) -> i64 {
-    direct
-        .query_one(sql, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {}", describe_error(&e)))
-        .get(0)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Status, metrics, commands
-
-/// `name`'s entry in a `status` reply.
-fn entry<'a>(status: &'a Value, name: &str) -> &'a Value {
-    status["migrations"]
-        .as_array()
-        .and_then(|all| all.iter().find(|m| m["name"] == name))
-        .unwrap_or_else(|| panic!("no migration {name} in {status}"))
-}
 
 async fn instance_id(proxy: &Proxy) -> String {
     let status = proxy.ctl(&["status"]).await;
@@ -146,11 +103,11 @@ async fn instance_id(proxy: &Proxy) -> String {
 
 /// The backfill record of `name` as `proxy`'s `status` shows it.
 async fn backfill_record(proxy: &Proxy, name: &str) -> Value {
-    entry(&proxy.ctl(&["status"]).await, name)["backfill"].clone()
+    record(proxy, name, "backfill").await
 }
 
 async fn verify_record(proxy: &Proxy, name: &str) -> Value {
-    entry(&proxy.ctl(&["status"]).await, name)["verify"].clone()
+    record(proxy, name, "verify").await
 }
 
 fn rows_done(record: &Value) -> u64 {
@@ -227,32 +184,6 @@ async fn run_verify(proxy: &Proxy, name: &str) -> Value {
         .then_some(record)
     })
     .await
-}
-
-/// Runs `ctl --json ARGS…`, which must be refused with a non-zero exit status; the error.
-async fn refused(proxy: &Proxy, args: &[&str]) -> String {
-    let reply = proxy.ctl(args).await;
-    assert_eq!(reply["ok"], false, "ctl {args:?} was not refused: {reply}");
-    reply["error"]
-        .as_str()
-        .filter(|e| !e.is_empty())
-        .unwrap_or_else(|| panic!("ctl {args:?}: a refusal without a reason: {reply}"))
-        .to_owned()
-}
-
-fn assert_ok(proxy: &Proxy, args: &[&str], reply: &Value) {
-    assert_eq!(
-        reply["ok"],
-        true,
-        "ctl {args:?}: {reply}\nlog:\n{}",
-        proxy.log()
-    );
-}
-
-async fn ctl_ok(proxy: &Proxy, args: &[&str]) -> Value {
-    let reply = proxy.ctl(args).await;
-    assert_ok(proxy, args, &reply);
-    reply
 }
 
 /// `pgshift_backfill_rows_total{migration="name"}` (0 when absent).
@@ -452,6 +383,69 @@ fn assert_no_writer_errors(report: &WriterReport) {
     );
 }
 
+/// What [`backfill_under_load`] saw: the backfill's final record, the writers' report, and
+/// how many of their statements completed while the backfill ran.
+struct LoadedBackfill {
+    done: Value,
+    writes: WriterReport,
+    ops_during: u64,
+}
+
+/// Starts the writers of `workload` and, once they are going, the backfill of `name` (batches
+/// of 1000); waits for it to end `done`, then stops the writers. None of their statements may
+/// have failed, some must have completed while the backfill ran, and it ran forward.
+async fn backfill_under_load(
+    proxy: &Proxy,
+    db: &TestDb,
+    workload: Workload,
+    name: &str,
+) -> LoadedBackfill {
+    let load = Load::start(proxy, db, workload).await;
+    load.wait_for_ops(100).await;
+    let ops_before = load.ops();
+    accepted(proxy, &["backfill", name, "start", "batch=1000"]).await;
+    let done = await_done(proxy, name).await;
+    let ops_during = load.ops() - ops_before;
+    let writes = load.stop().await;
+    assert_no_writer_errors(&writes);
+    assert!(
+        ops_during > 0,
+        "no write through pgshift completed while the backfill ran"
+    );
+    assert_eq!(done["direction"], "forward", "{done}");
+    LoadedBackfill {
+        done,
+        writes,
+        ops_during,
+    }
+}
+
+/// The end of a load test: the rows counter of `name` covers the `originals` rows still
+/// there, `phase … switch` passes its gate, and what the writers did is printed.
+async fn counted_then_switch(
+    proxy: &Proxy,
+    name: &str,
+    originals: i64,
+    run: &LoadedBackfill,
+    started: Instant,
+) {
+    let metric = backfill_rows_metric(proxy, name).await;
+    assert!(
+        metric >= originals as f64,
+        "pgshift_backfill_rows_total is {metric}, below the {originals} original rows left"
+    );
+
+    accepted(proxy, &["phase", name, "switch"]).await;
+    assert_eq!(proxy.phase(name).await, "switch");
+    println!(
+        "{} writes ({} while the backfill ran), {} deletes; rows counter {metric}; {:?}",
+        run.writes.ok,
+        run.ops_during,
+        run.writes.deleted.len(),
+        started.elapsed()
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tests
 
@@ -462,7 +456,7 @@ async fn backfill_under_write_load_columns() {
     let direct = db.connect().await;
     create_items(&direct, ROWS).await;
     let proxy = items_config(&db.name).spawn();
-    ctl_ok(&proxy, &["phase", ITEMS, "expand"]).await;
+    accepted(&proxy, &["phase", ITEMS, "expand"]).await;
 
     // Before the backfill only dual-written rows are in sync: the numeric quantities are not.
     let (stale, _) = items_out_of_sync(&direct).await;
@@ -470,19 +464,7 @@ async fn backfill_under_write_load_columns() {
     let why = refused(&proxy, &["phase", ITEMS, "switch"]).await;
     println!("switch before the backfill refused: {why}");
 
-    let load = Load::start(&proxy, &db, Workload::Items).await;
-    load.wait_for_ops(100).await;
-    let ops_before = load.ops();
-    ctl_ok(&proxy, &["backfill", ITEMS, "start", "batch=1000"]).await;
-    let done = await_done(&proxy, ITEMS).await;
-    let ops_during = load.ops() - ops_before;
-    let writes = load.stop().await;
-    assert_no_writer_errors(&writes);
-    assert!(
-        ops_during > 0,
-        "no write through pgshift completed while the backfill ran"
-    );
-    assert_eq!(done["direction"], "forward", "{done}");
+    let run = backfill_under_load(&proxy, &db, Workload::Items, ITEMS).await;
 
     // A backfill alone does not open the gate: a clean verify after it is needed.
     refused(&proxy, &["phase", ITEMS, "switch"]).await;
@@ -502,22 +484,8 @@ async fn backfill_under_write_load_columns() {
         &format!("SELECT count(*) FROM items WHERE id <= {ROWS}"),
     )
     .await;
-    let metric = backfill_rows_metric(&proxy, ITEMS).await;
-    assert!(
-        metric >= originals as f64,
-        "pgshift_backfill_rows_total is {metric}, below the {originals} original rows left"
-    );
-    assert!(rows_done(&done) >= originals as u64, "{done}");
-
-    ctl_ok(&proxy, &["phase", ITEMS, "switch"]).await;
-    assert_eq!(proxy.phase(ITEMS).await, "switch");
-    println!(
-        "{} writes ({} while the backfill ran), {} deletes; rows counter {metric}; {:?}",
-        writes.ok,
-        ops_during,
-        writes.deleted.len(),
-        started.elapsed()
-    );
+    assert!(rows_done(&run.done) >= originals as u64, "{}", run.done);
+    counted_then_switch(&proxy, ITEMS, originals, &run, started).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -525,25 +493,13 @@ async fn backfill_under_write_load_table_move() {
     let started = Instant::now();
     let env = Orders::start("backfill_move").await;
     insert_orders(&env.direct, ROWS).await;
-    ctl_ok(&env.proxy, &["phase", ORDERS, "expand"]).await;
+    accepted(&env.proxy, &["phase", ORDERS, "expand"]).await;
     assert_eq!(
         count(&env.direct, "SELECT count(*) FROM orders_v2").await,
         0
     );
 
-    let load = Load::start(&env.proxy, &env.db, Workload::Orders).await;
-    load.wait_for_ops(100).await;
-    let ops_before = load.ops();
-    ctl_ok(&env.proxy, &["backfill", ORDERS, "start", "batch=1000"]).await;
-    let done = await_done(&env.proxy, ORDERS).await;
-    let ops_during = load.ops() - ops_before;
-    let writes = load.stop().await;
-    assert_no_writer_errors(&writes);
-    assert!(
-        ops_during > 0,
-        "no write through pgshift completed while the backfill ran"
-    );
-    assert_eq!(done["direction"], "forward", "{done}");
+    let run = backfill_under_load(&env.proxy, &env.db, Workload::Orders, ORDERS).await;
 
     // `verify --wait` exits 0 on clean.
     let out = env
@@ -573,7 +529,7 @@ async fn backfill_under_write_load_table_move() {
         .query(
             "SELECT id FROM orders WHERE id = ANY($1) UNION SELECT id FROM orders_v2 \
              WHERE id = ANY($1) ORDER BY 1",
-            &[&writes.deleted],
+            &[&run.writes.deleted],
         )
         .await
         .unwrap()
@@ -587,21 +543,7 @@ async fn backfill_under_write_load_table_move() {
         &format!("SELECT count(*) FROM orders WHERE id <= {}", ROWS + 3),
     )
     .await;
-    let metric = backfill_rows_metric(&env.proxy, ORDERS).await;
-    assert!(
-        metric >= originals as f64,
-        "pgshift_backfill_rows_total is {metric}, below the {originals} original rows left"
-    );
-
-    ctl_ok(&env.proxy, &["phase", ORDERS, "switch"]).await;
-    assert_eq!(env.proxy.phase(ORDERS).await, "switch");
-    println!(
-        "{} writes ({} while the backfill ran), {} deletes; rows counter {metric}; {:?}",
-        writes.ok,
-        ops_during,
-        writes.deleted.len(),
-        started.elapsed()
-    );
+    counted_then_switch(&env.proxy, ORDERS, originals, &run, started).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -610,10 +552,10 @@ async fn killed_instance_resumes_from_checkpoint() {
     let total = ROWS as u64 + 3;
     let env = Orders::start("backfill_takeover").await;
     insert_orders(&env.direct, ROWS).await;
-    ctl_ok(&env.proxy, &["phase", ORDERS, "expand"]).await;
+    accepted(&env.proxy, &["phase", ORDERS, "expand"]).await;
     let a_id = instance_id(&env.proxy).await;
 
-    ctl_ok(
+    accepted(
         &env.proxy,
         &["backfill", ORDERS, "start", "batch=1000", "rate=20000"],
     )
@@ -701,11 +643,11 @@ async fn pause_resume_cancel_and_single_runner() {
     create_items(&direct, SMALL).await;
     let a = items_config(&db.name).spawn();
     let b = items_config(&db.name).spawn();
-    ctl_ok(&a, &["phase", ITEMS, "expand"]).await;
+    accepted(&a, &["phase", ITEMS, "expand"]).await;
     let a_id = instance_id(&a).await;
     let in_sync = format!("SELECT count(*) FROM items WHERE qty_int IS NOT DISTINCT FROM ({UP})");
 
-    ctl_ok(&a, &["backfill", ITEMS, "start", "batch=200", "rate=2000"]).await;
+    accepted(&a, &["backfill", ITEMS, "start", "batch=200", "rate=2000"]).await;
     let running = await_backfill(&b, ITEMS, "running, seen by B", JOB_TIMEOUT, |r| {
         r["state"] == "running" && rows_done(r) > 0
     })
@@ -720,7 +662,7 @@ async fn pause_resume_cancel_and_single_runner() {
     );
 
     // Pause through B: no progress while paused.
-    ctl_ok(&b, &["backfill", ITEMS, "pause"]).await;
+    accepted(&b, &["backfill", ITEMS, "pause"]).await;
     let paused = await_backfill(&b, ITEMS, "paused", JOB_TIMEOUT, state_is("paused")).await;
     let synced = count(&direct, &in_sync).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -738,7 +680,7 @@ async fn pause_resume_cancel_and_single_runner() {
     );
 
     // Resume through B: progress again, from where it stopped.
-    ctl_ok(&b, &["backfill", ITEMS, "resume"]).await;
+    accepted(&b, &["backfill", ITEMS, "resume"]).await;
     let resumed = await_backfill(&b, ITEMS, "progress after resume", JOB_TIMEOUT, |r| {
         r["state"] == "running" && rows_done(r) > rows_done(&paused) + 2000
     })
@@ -750,7 +692,7 @@ async fn pause_resume_cancel_and_single_runner() {
     );
 
     // Cancel: it stops.
-    ctl_ok(&b, &["backfill", ITEMS, "cancel"]).await;
+    accepted(&b, &["backfill", ITEMS, "cancel"]).await;
     let cancelled =
         await_backfill(&a, ITEMS, "cancelled", JOB_TIMEOUT, state_is("cancelled")).await;
     let synced = count(&direct, &in_sync).await;
@@ -866,7 +808,7 @@ async fn backfill_pauses_while_sessions_wait_for_locks() {
     let proxy = items_config(&db.name)
         .extra("\n[jobs]\nmax_lock_waiters = 1\n")
         .spawn();
-    ctl_ok(&proxy, &["phase", ITEMS, "expand"]).await;
+    accepted(&proxy, &["phase", ITEMS, "expand"]).await;
 
     // One session holds a lock on an unrelated table; two more queue behind it.
     let holder = db.connect().await;
@@ -897,7 +839,7 @@ async fn backfill_pauses_while_sessions_wait_for_locks() {
     )
     .await;
 
-    ctl_ok(&proxy, &["backfill", ITEMS, "start", "batch=500"]).await;
+    accepted(&proxy, &["backfill", ITEMS, "start", "batch=500"]).await;
     let record = await_backfill(
         &proxy,
         ITEMS,
@@ -935,7 +877,7 @@ async fn backfill_pauses_while_sessions_wait_for_locks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_a_concurrent_delete_could_not_see_is_swept() {
     let env = Orders::start("backfill_sweep").await;
-    ctl_ok(&env.proxy, &["phase", ORDERS, "expand"]).await;
+    accepted(&env.proxy, &["phase", ORDERS, "expand"]).await;
 
     // What a batch does, by hand: lock the source row, copy it, commit later.
     let batch = env.db.connect().await;

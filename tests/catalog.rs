@@ -58,23 +58,20 @@ async fn column_names(client: &tokio_postgres::Client, table: &str) -> Vec<Strin
 
 #[tokio::test]
 async fn load_shape_reads_columns_in_order_with_types_defaults_and_the_key() {
-    let db = fresh_database("shape").await;
-    let direct = db.connect().await;
-    direct
-        .batch_execute(
-            "CREATE SCHEMA shop;
-             CREATE TABLE shop.\"Order Lines\" (
-                 tenant int NOT NULL,
-                 gone int,
-                 id bigint NOT NULL,
-                 name varchar(20),
-                 price numeric(10,2) NOT NULL DEFAULT 0,
-                 PRIMARY KEY (id, tenant));
-             ALTER TABLE shop.\"Order Lines\" DROP COLUMN gone;
-             CREATE VIEW shop.v AS SELECT 1 AS x;",
-        )
-        .await
-        .unwrap();
+    let (db, _) = fresh_database_with(
+        "shape",
+        "CREATE SCHEMA shop;
+         CREATE TABLE shop.\"Order Lines\" (
+             tenant int NOT NULL,
+             gone int,
+             id bigint NOT NULL,
+             name varchar(20),
+             price numeric(10,2) NOT NULL DEFAULT 0,
+             PRIMARY KEY (id, tenant));
+         ALTER TABLE shop.\"Order Lines\" DROP COLUMN gone;
+         CREATE VIEW shop.v AS SELECT 1 AS x;",
+    )
+    .await;
     let config = config("");
     let conn = catalog::connect(&config, &db.name).await.unwrap();
     let name = QualifiedName::parse("shop.\"Order Lines\"").unwrap();
@@ -121,19 +118,16 @@ async fn load_shape_reads_columns_in_order_with_types_defaults_and_the_key() {
 
 #[tokio::test]
 async fn without_a_primary_key_the_first_plain_unique_index_is_the_key() {
-    let db = fresh_database("shape_unique").await;
-    let direct = db.connect().await;
-    direct
-        .batch_execute(
-            "CREATE TABLE t (a int, b int, c int, d int);
-             CREATE UNIQUE INDEX t_partial ON t (a) WHERE a > 0;
-             CREATE UNIQUE INDEX t_expr ON t ((a + b));
-             CREATE UNIQUE INDEX t_cb ON t (c, b) INCLUDE (d);
-             CREATE UNIQUE INDEX t_d ON t (d);
-             CREATE TABLE bare (a int);",
-        )
-        .await
-        .unwrap();
+    let (db, _) = fresh_database_with(
+        "shape_unique",
+        "CREATE TABLE t (a int, b int, c int, d int);
+         CREATE UNIQUE INDEX t_partial ON t (a) WHERE a > 0;
+         CREATE UNIQUE INDEX t_expr ON t ((a + b));
+         CREATE UNIQUE INDEX t_cb ON t (c, b) INCLUDE (d);
+         CREATE UNIQUE INDEX t_d ON t (d);
+         CREATE TABLE bare (a int);",
+    )
+    .await;
     let conn = catalog::connect(&config(""), &db.name).await.unwrap();
     let t = QualifiedName::parse("t").unwrap();
     let shape = catalog::load_shape(&conn, &t).await.unwrap().unwrap();
@@ -145,14 +139,11 @@ async fn without_a_primary_key_the_first_plain_unique_index_is_the_key() {
 
 #[tokio::test]
 async fn build_resolves_a_rename_in_expand_with_the_table_shape() {
-    let db = fresh_database("build_rename").await;
-    let direct = db.connect().await;
-    direct
-        .batch_execute(
-            "CREATE TABLE users (id int PRIMARY KEY, user_name text NOT NULL, display_name text)",
-        )
-        .await
-        .unwrap();
+    let (db, _) = fresh_database_with(
+        "build_rename",
+        "CREATE TABLE users (id int PRIMARY KEY, user_name text NOT NULL, display_name text)",
+    )
+    .await;
     // A planned migration is not checked at all: its table does not even exist.
     let planned = migration(&db, "later", "planned", "", RENAME).replace("users", "nothing_yet");
     let config = config(&format!(
@@ -192,12 +183,11 @@ async fn build_resolves_a_rename_in_expand_with_the_table_shape() {
 
 #[tokio::test]
 async fn a_missing_new_column_is_refused_naming_the_migration() {
-    let db = fresh_database("build_missing").await;
-    let direct = db.connect().await;
-    direct
-        .batch_execute("CREATE TABLE users (id int PRIMARY KEY, user_name text)")
-        .await
-        .unwrap();
+    let (db, _) = fresh_database_with(
+        "build_missing",
+        "CREATE TABLE users (id int PRIMARY KEY, user_name text)",
+    )
+    .await;
     let config = config(&migration(&db, "users_display_name", "expand", "", RENAME));
 
     let err = snapshot::build(&config, 1, None).await.unwrap_err();
@@ -250,12 +240,11 @@ async fn a_missing_table_or_old_column_is_refused_until_contract() {
 
 #[tokio::test]
 async fn expand_sql_adds_the_new_column_when_entering_expand() {
-    let db = fresh_database("build_expand_sql").await;
-    let direct = db.connect().await;
-    direct
-        .batch_execute("CREATE TABLE users (id int PRIMARY KEY, user_name text)")
-        .await
-        .unwrap();
+    let (db, direct) = fresh_database_with(
+        "build_expand_sql",
+        "CREATE TABLE users (id int PRIMARY KEY, user_name text)",
+    )
+    .await;
     let expand_sql = "expand_sql = \"ALTER TABLE users ADD COLUMN display_name varchar(50)\"";
     let config = config(&migration(
         &db,
@@ -295,14 +284,11 @@ async fn expand_sql_adds_the_new_column_when_entering_expand() {
 
 #[tokio::test]
 async fn expressions_that_do_not_compile_against_the_table_are_refused_with_the_server_message() {
-    let db = fresh_database("build_bad_up").await;
-    let direct = db.connect().await;
-    direct
-        .batch_execute(
-            "CREATE TABLE users (id int PRIMARY KEY, user_name text, display_name text, age int)",
-        )
-        .await
-        .unwrap();
+    let (db, _) = fresh_database_with(
+        "build_bad_up",
+        "CREATE TABLE users (id int PRIMARY KEY, user_name text, display_name text, age int)",
+    )
+    .await;
     let cases = [
         (
             "up = \"user_nme\"\n",
@@ -341,12 +327,11 @@ async fn expressions_that_do_not_compile_against_the_table_are_refused_with_the_
 
 #[tokio::test]
 async fn overlapping_migrations_on_one_table_are_refused() {
-    let db = fresh_database("build_overlap").await;
-    let direct = db.connect().await;
-    direct
-        .batch_execute("CREATE TABLE users (id int, user_name text, display_name text, nick text)")
-        .await
-        .unwrap();
+    let (db, _) = fresh_database_with(
+        "build_overlap",
+        "CREATE TABLE users (id int, user_name text, display_name text, nick text)",
+    )
+    .await;
     let second = "[[migration.columns]]\nold = \"nick\"\nnew = \"display_name\"\n";
     let config = config(&format!(
         "{}{}",
@@ -365,20 +350,41 @@ async fn overlapping_migrations_on_one_table_are_refused() {
     );
 }
 
+/// A database with an empty table `t`, pgshift's control connection to it, and another
+/// session holding `t`'s ACCESS EXCLUSIVE lock in an open transaction (commit to release).
+struct LockedTable {
+    db: TestDb,
+    direct: tokio_postgres::Client,
+    conn: catalog::ControlConnection,
+    holder: tokio_postgres::Client,
+}
+
+impl LockedTable {
+    async fn new(hint: &str) -> LockedTable {
+        let (db, direct) = fresh_database_with(hint, "CREATE TABLE t (id int)").await;
+        let conn = catalog::connect(&config(""), &db.name).await.unwrap();
+        let holder = db.connect().await;
+        holder
+            .batch_execute("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
+            .await
+            .unwrap();
+        LockedTable {
+            db,
+            direct,
+            conn,
+            holder,
+        }
+    }
+}
+
 #[tokio::test]
 async fn run_ddl_retries_while_another_session_holds_the_lock() {
-    let db = fresh_database("ddl_retry").await;
-    let direct = db.connect().await;
-    direct
-        .batch_execute("CREATE TABLE t (id int)")
-        .await
-        .unwrap();
-    let conn = catalog::connect(&config(""), &db.name).await.unwrap();
-    let holder = db.connect().await;
-    holder
-        .batch_execute("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
+    let LockedTable {
+        db: _db,
+        direct,
+        conn,
+        holder,
+    } = LockedTable::new("ddl_retry").await;
     let release = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(1)).await;
         holder.batch_execute("COMMIT").await.unwrap();
@@ -411,18 +417,12 @@ async fn run_ddl_retries_while_another_session_holds_the_lock() {
 
 #[tokio::test]
 async fn run_ddl_gives_up_after_its_attempts_and_fails_fast_on_other_errors() {
-    let db = fresh_database("ddl_fail").await;
-    let direct = db.connect().await;
-    direct
-        .batch_execute("CREATE TABLE t (id int)")
-        .await
-        .unwrap();
-    let conn = catalog::connect(&config(""), &db.name).await.unwrap();
-    let holder = db.connect().await;
-    holder
-        .batch_execute("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
+    let LockedTable {
+        db: _db,
+        direct,
+        conn,
+        holder,
+    } = LockedTable::new("ddl_fail").await;
 
     let err = catalog::run_ddl(&conn, "DROP TABLE t", Duration::from_millis(50), 2)
         .await

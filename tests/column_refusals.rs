@@ -9,10 +9,9 @@
 
 mod common;
 
-use std::net::SocketAddr;
-
-use common::users::{RENAME, TYPE_CHANGE, Users};
-use common::{BackendMessage, RawConn, cluster, describe_error, frontend, psql, sqlstate};
+use common::raw::{error_codes, exchange, raw_unsupported, run, tags};
+use common::users::{INS, RENAME, TYPE_CHANGE, Users, bind_insert};
+use common::{BackendMessage, describe_error, frontend, psql, sqlstate};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 /// The first column of the last row of a simple-query reply, and how many rows came.
@@ -301,55 +300,10 @@ async fn psql_multi_statement_string_with_a_refusal_fails_where_a_real_error_wou
         1,
         "through pgshift: the same"
     );
-    dual_written_as(&env, 51, "p", "1").await;
+    env.assert_dual_written_as(51, "p", "1").await;
 }
 
 // ---- raw protocol ----------------------------------------------------------------------------
-
-/// Skips when the raw client cannot log in (it speaks trust authentication only).
-fn raw_unsupported() -> bool {
-    let skip = cluster().superuser_password().is_some();
-    if skip {
-        println!("skipped: the raw client supports trust authentication only");
-    }
-    skip
-}
-
-async fn raw_connect(addr: SocketAddr, db: &str) -> RawConn {
-    let (conn, startup) =
-        RawConn::startup(addr, &[("user", cluster().superuser()), ("database", db)]).await;
-    assert_eq!(startup.last().map(|m| m.tag), Some(b'Z'), "{startup:?}");
-    conn
-}
-
-async fn raw_proxy(env: &Users) -> RawConn {
-    raw_connect(env.proxy.addr(), &env.db.name).await
-}
-
-async fn raw_direct(env: &Users) -> RawConn {
-    let addr: SocketAddr = cluster().upstream().parse().expect("upstream is host:port");
-    raw_connect(addr, &env.db.name).await
-}
-
-/// Sends `frames` at once and reads every reply up to the ReadyForQuery of each Sync.
-async fn exchange(conn: &mut RawConn, frames: &[Vec<u8>]) -> Vec<BackendMessage> {
-    let syncs = frames.iter().filter(|f| f[0] == b'S').count();
-    conn.send(&frames.concat()).await;
-    conn.read_until_ready(syncs).await
-}
-
-fn tags(messages: &[BackendMessage]) -> String {
-    messages.iter().map(|m| m.tag as char).collect()
-}
-
-/// SQLSTATEs of the ErrorResponses, in order.
-fn error_codes(messages: &[BackendMessage]) -> Vec<String> {
-    messages
-        .iter()
-        .filter(|m| m.tag == b'E')
-        .map(|m| m.field(b'C').unwrap_or_default())
-        .collect()
-}
 
 fn assert_raw_refusal(messages: &[BackendMessage]) {
     let error = messages.iter().find(|m| m.tag == b'E').expect("an error");
@@ -361,51 +315,8 @@ fn assert_raw_refusal(messages: &[BackendMessage]) {
     );
 }
 
-/// Parse (unnamed), Bind, Execute of `sql` without parameters.
-fn run(sql: &str) -> Vec<Vec<u8>> {
-    vec![
-        frontend::parse("", sql, &[]),
-        frontend::bind("", "", &[], 0),
-        frontend::execute("", 0),
-    ]
-}
-
 fn insert(id: i32) -> String {
     format!("INSERT INTO users (id, user_name, age) VALUES ({id}, 'p{id}', '{id}')")
-}
-
-/// Bind and Execute of the named statement `INS` with id `id`.
-fn bind_insert(id: i32) -> Vec<Vec<u8>> {
-    let (id, name, age) = (id.to_string(), format!("p{id}"), id.to_string());
-    vec![
-        frontend::bind("", "ins", &[Some(&id), Some(&name), Some(&age)], 0),
-        frontend::execute("", 0),
-    ]
-}
-
-const INS: &str = "INSERT INTO users (id, user_name, age) VALUES ($1, $2, $3)";
-
-/// Row `id` was written by [`insert`] or [`bind_insert`] with both sides set.
-async fn dual_written(env: &Users, id: i32) {
-    dual_written_as(env, id, &format!("p{id}"), &id.to_string()).await;
-}
-
-/// Row `id` holds `name` under both names and `age` as both text and integer.
-async fn dual_written_as(env: &Users, id: i32, name: &str, age: &str) {
-    let row = env
-        .direct
-        .query_one(
-            "SELECT user_name, display_name, age, age_int::text FROM users WHERE id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("row {id}: {}", describe_error(&e)));
-    let values: Vec<Option<String>> = (0..4).map(|i| row.get(i)).collect();
-    let want = [name, name, age, age].map(|v| Some(v.to_owned()));
-    assert_eq!(
-        values, want,
-        "row {id}: user_name, display_name, age, age_int"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -414,8 +325,8 @@ async fn refusal_in_a_pipeline_behaves_like_a_real_error() {
         return;
     }
     let env = Users::start("refused_pipeline", "planned", "planned").await;
-    let mut ours = raw_proxy(&env).await;
-    let mut real = raw_direct(&env).await;
+    let mut ours = env.raw_proxy().await;
+    let mut real = env.raw_direct().await;
     let merge = "MERGE INTO users u USING (VALUES (1, 'x')) AS v(id, n) ON u.id = v.id \
                  WHEN MATCHED THEN UPDATE SET user_name = v.n";
     let prepared = exchange(
@@ -479,8 +390,8 @@ async fn refusal_in_a_pipeline_behaves_like_a_real_error() {
     .await;
     assert_eq!(tags(&got), tags(&want), "{got:?}");
     assert_raw_refusal(&got);
-    dual_written(&env, 46).await;
-    dual_written(&env, 47).await;
+    env.assert_dual_written(46).await;
+    env.assert_dual_written(47).await;
 
     // A statement prepared in planned and refused when bound after the flip fails at Bind,
     // like binding a statement that does not exist; every time it is bound.
@@ -508,7 +419,7 @@ async fn refusal_in_a_pipeline_behaves_like_a_real_error() {
     )
     .await;
     assert_eq!(tags(&after), "2CZ", "{after:?}");
-    dual_written(&env, 50).await;
+    env.assert_dual_written(50).await;
     // Bound again: refused again.
     let again = exchange(
         &mut ours,
@@ -566,7 +477,7 @@ async fn reprepared_statements_keep_their_descriptions_and_survive_close() {
         return;
     }
     let env = Users::start("reprepare", "planned", "planned").await;
-    let mut conn = raw_proxy(&env).await;
+    let mut conn = env.raw_proxy().await;
     const SEL: &str = "SELECT id, user_name, age FROM users WHERE id = $1";
     let describe_both = || {
         vec![
@@ -612,7 +523,7 @@ async fn reprepared_statements_keep_their_descriptions_and_survive_close() {
     .await;
     assert_eq!(tags(&executed), "2CZ", "{executed:?}");
     assert_eq!(executed[1].body, b"INSERT 0 1\0");
-    dual_written(&env, 20).await;
+    env.assert_dual_written(20).await;
     let described = exchange(&mut conn, &describe_both()).await;
     assert_eq!(tags(&described), "tntTZ");
     assert_eq!(description(&described[..2]), ins_planned);
@@ -634,7 +545,7 @@ async fn reprepared_statements_keep_their_descriptions_and_survive_close() {
     .await;
     assert_eq!(tags(&reparsed), "312CtnZ", "{reparsed:?}");
     assert_eq!(description(&reparsed[4..]), ins_planned);
-    dual_written(&env, 21).await;
+    env.assert_dual_written(21).await;
 
     // In switch the planned-era SELECT reads the new side, still answering with text.
     env.backfill().await;
@@ -667,13 +578,7 @@ async fn reprepare_discarded_after_an_earlier_error_is_done_again() {
         return;
     }
     let env = Users::start("reprepare_discarded", "planned", "planned").await;
-    let mut conn = raw_proxy(&env).await;
-    let parsed = exchange(
-        &mut conn,
-        &[frontend::parse("ins", INS, &[]), frontend::sync()],
-    )
-    .await;
-    assert_eq!(tags(&parsed), "1Z");
+    let mut conn = env.raw_proxy_with_insert("ins").await;
     env.set_phases("expand", "expand").await;
 
     // The error makes the server discard everything up to Sync, pgshift's injected re-Parse
@@ -696,7 +601,7 @@ async fn reprepare_discarded_after_an_earlier_error_is_done_again() {
     )
     .await;
     assert_eq!(tags(&executed), "2CZ", "{executed:?}");
-    dual_written(&env, 61).await;
+    env.assert_dual_written(61).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -729,7 +634,7 @@ async fn reprepare_in_an_aborted_transaction_is_done_again_after_rollback() {
         .await
         .unwrap_or_else(|e| panic!("after ROLLBACK: {}", describe_error(&e)));
     assert_eq!(n, 1);
-    dual_written(&env, 63).await;
+    env.assert_dual_written(63).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -738,14 +643,8 @@ async fn unnamed_statement_parsed_in_planned_dual_writes_after_the_flip() {
         return;
     }
     let env = Users::start("reprepare_unnamed", "planned", "planned").await;
-    let mut conn = raw_proxy(&env).await;
     // The unnamed statement lives until the next Parse of it, across Sync.
-    let parsed = exchange(
-        &mut conn,
-        &[frontend::parse("", INS, &[]), frontend::sync()],
-    )
-    .await;
-    assert_eq!(tags(&parsed), "1Z");
+    let mut conn = env.raw_proxy_with_insert("").await;
     env.set_phases("expand", "expand").await;
 
     let executed = exchange(
@@ -758,5 +657,5 @@ async fn unnamed_statement_parsed_in_planned_dual_writes_after_the_flip() {
     )
     .await;
     assert_eq!(tags(&executed), "2CZ", "{executed:?}");
-    dual_written(&env, 64).await;
+    env.assert_dual_written(64).await;
 }

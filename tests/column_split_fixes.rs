@@ -14,11 +14,15 @@
 
 mod common;
 
-use common::{ProxyConfig, cluster, connect, describe_error, fresh_database, sqlstate};
+use common::ctl::record;
+use common::users::{RENAME, rename_in_contract};
+use common::{
+    Proxy, ProxyConfig, TestDb, cluster, connect, control_toml, describe_error,
+    fresh_database_with, physical_columns, sqlstate,
+};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 const SPLIT: &str = "users_split_name";
-const RENAME: &str = "users_display_name";
 
 const UP_FIRST: &str = "split_part(full_name, ' ', 1)";
 const UP_LAST: &str =
@@ -27,10 +31,7 @@ const DOWN: &str = "concat_ws(' ', first_name, last_name)";
 
 fn split_toml(db: &str) -> String {
     format!(
-        r#"
-[control]
-user = "{user}"
-
+        r#"{control}
 [[migration]]
 name = "{SPLIT}"
 database = "{db}"
@@ -50,29 +51,7 @@ new = "last_name"
 up = "{UP_LAST}"
 down = "{DOWN}"
 "#,
-        user = cluster().superuser()
-    )
-}
-
-fn rename_toml(db: &str) -> String {
-    format!(
-        r#"
-[control]
-user = "{user}"
-
-[[migration]]
-name = "{RENAME}"
-database = "{db}"
-table = "public.users"
-kind = "columns"
-phase = "planned"
-expand_sql = "ALTER TABLE users ADD COLUMN display_name text"
-complete_sql = "ALTER TABLE users DROP COLUMN user_name"
-[[migration.columns]]
-old = "user_name"
-new = "display_name"
-"#,
-        user = cluster().superuser()
+        control = control_toml()
     )
 }
 
@@ -160,7 +139,7 @@ fn some(s: &str) -> Option<String> {
 }
 
 /// `ctl ARGS… --wait` (backfill/verify), which must succeed; the job's status record.
-async fn job(proxy: &common::Proxy, args: &[&str], record: &str) -> serde_json::Value {
+async fn job(proxy: &Proxy, args: &[&str], job: &str) -> serde_json::Value {
     let out = proxy.ctl_output(&[], args).await;
     assert!(
         out.status.success(),
@@ -169,17 +148,31 @@ async fn job(proxy: &common::Proxy, args: &[&str], record: &str) -> serde_json::
         String::from_utf8_lossy(&out.stderr),
         proxy.log()
     );
-    let status = proxy.ctl(&["status"]).await;
-    status["migrations"]
-        .as_array()
-        .and_then(|all| all.iter().find(|m| m["name"] == SPLIT))
-        .map(|m| m[record].clone())
-        .unwrap_or_else(|| panic!("no {SPLIT} in {status}"))
+    record(proxy, SPLIT, job).await
+}
+
+/// A fresh database with [`SPLIT_SCHEMA`] and a proxy with the split in expand, not
+/// backfilled.
+async fn split_in_expand(hint: &str) -> (TestDb, Client, Proxy) {
+    let (db, direct) = fresh_database_with(hint, SPLIT_SCHEMA).await;
+    let proxy = ProxyConfig::new(cluster())
+        .extra(&split_toml(&db.name))
+        .spawn();
+    proxy.set_phase(SPLIT, "expand").await;
+    (db, direct, proxy)
+}
+
+/// [`split_in_expand`], then backfilled and moved on to contract.
+async fn split_in_contract(hint: &str) -> (TestDb, Client, Proxy) {
+    let (db, direct, proxy) = split_in_expand(hint).await;
+    job(&proxy, &["backfill", SPLIT, "start", "--wait"], "backfill").await;
+    proxy.set_phase(SPLIT, "contract").await;
+    (db, direct, proxy)
 }
 
 /// The split's new-app view without pgshift: a plain `shape.users` holding `up` of every row
 /// (what the table would hold after the backfill), reached through `search_path`.
-async fn new_app_reference(direct: &Client, db: &common::TestDb) -> Client {
+async fn new_app_reference(direct: &Client, db: &TestDb) -> Client {
     direct
         .batch_execute(&format!(
             "CREATE SCHEMA shape;
@@ -202,13 +195,7 @@ async fn new_app_reference(direct: &Client, db: &common::TestDb) -> Client {
 /// stored `first_name`, still NULL: `'Ann Lee'` became `'Lee-Smith'`, and verify was clean.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_expand_update_of_some_parts_keeps_the_others() {
-    let db = fresh_database("split_expand_parts").await;
-    let direct = db.connect().await;
-    direct.batch_execute(SPLIT_SCHEMA).await.unwrap();
-    let proxy = ProxyConfig::new(cluster())
-        .extra(&split_toml(&db.name))
-        .spawn();
-    proxy.set_phase(SPLIT, "expand").await;
+    let (db, direct, proxy) = split_in_expand("split_expand_parts").await;
     let reference = new_app_reference(&direct, &db).await;
     let app = connect(&proxy.db_url(&db)).await;
 
@@ -296,15 +283,7 @@ async fn split_expand_update_of_some_parts_keeps_the_others() {
 /// "overlapping rewrites". It writes each new column with its `up`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_old_name_writes_in_contract_and_complete() {
-    let db = fresh_database("split_contract_writes").await;
-    let direct = db.connect().await;
-    direct.batch_execute(SPLIT_SCHEMA).await.unwrap();
-    let proxy = ProxyConfig::new(cluster())
-        .extra(&split_toml(&db.name))
-        .spawn();
-    proxy.set_phase(SPLIT, "expand").await;
-    job(&proxy, &["backfill", SPLIT, "start", "--wait"], "backfill").await;
-    proxy.set_phase(SPLIT, "contract").await;
+    let (db, direct, proxy) = split_in_contract("split_contract_writes").await;
     let app = connect(&proxy.db_url(&db)).await;
 
     let writes = |round: i32| {
@@ -450,15 +429,12 @@ async fn split_old_name_writes_in_contract_and_complete() {
         if round == 1 {
             let reply = proxy.ctl(&["complete", SPLIT]).await;
             assert_eq!(reply["ok"], true, "{reply}\nlog:\n{}", proxy.log());
-            let gone: i64 = direct
-                .query_one(
-                    "SELECT count(*) FROM information_schema.columns \
+            let gone = common::count(
+                &direct,
+                "SELECT count(*) FROM information_schema.columns \
                      WHERE table_name = 'users' AND column_name = 'full_name'",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
+            )
+            .await;
             assert_eq!(gone, 0, "complete_sql dropped full_name");
         }
     }
@@ -470,15 +446,7 @@ async fn split_old_name_writes_in_contract_and_complete() {
 /// the physical columns, exactly as a direct one; old names still read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_after_complete_reads_old_name_once_and_star_is_physical() {
-    let db = fresh_database("split_complete_reads").await;
-    let direct = db.connect().await;
-    direct.batch_execute(SPLIT_SCHEMA).await.unwrap();
-    let proxy = ProxyConfig::new(cluster())
-        .extra(&split_toml(&db.name))
-        .spawn();
-    proxy.set_phase(SPLIT, "expand").await;
-    job(&proxy, &["backfill", SPLIT, "start", "--wait"], "backfill").await;
-    proxy.set_phase(SPLIT, "contract").await;
+    let (db, direct, proxy) = split_in_contract("split_complete_reads").await;
     let reply = proxy.ctl(&["complete", SPLIT]).await;
     assert_eq!(reply["ok"], true, "{reply}\nlog:\n{}", proxy.log());
     let app = connect(&proxy.db_url(&db)).await;
@@ -530,27 +498,16 @@ async fn split_after_complete_reads_old_name_once_and_star_is_physical() {
 /// name `user_name` still reads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rename_after_complete_star_is_physical() {
-    let db = fresh_database("rename_complete_star").await;
-    let direct = db.connect().await;
-    direct
-        .batch_execute(
-            "CREATE TABLE users (id int PRIMARY KEY, user_name text, email text);
-             INSERT INTO users VALUES (1, 'ann', 'ann@x'), (2, 'bob', 'bob@x'),
-                 (3, 'cy', 'cy@x'), (4, 'dee', 'dee@x');
-             CREATE TABLE orders (order_id int PRIMARY KEY, user_id int, item text);
-             INSERT INTO orders VALUES (10, 1, 'pen'), (11, 2, 'ink');",
-        )
-        .await
-        .unwrap();
-    let proxy = ProxyConfig::new(cluster())
-        .extra(&rename_toml(&db.name))
-        .spawn();
-    proxy.set_phase(RENAME, "expand").await;
-    direct
-        .batch_execute("UPDATE users SET display_name = user_name")
-        .await
-        .unwrap();
-    proxy.set_phase(RENAME, "contract").await;
+    let (db, direct) = fresh_database_with(
+        "rename_complete_star",
+        "CREATE TABLE users (id int PRIMARY KEY, user_name text, email text);
+         INSERT INTO users VALUES (1, 'ann', 'ann@x'), (2, 'bob', 'bob@x'),
+             (3, 'cy', 'cy@x'), (4, 'dee', 'dee@x');
+         CREATE TABLE orders (order_id int PRIMARY KEY, user_id int, item text);
+         INSERT INTO orders VALUES (10, 1, 'pen'), (11, 2, 'ink');",
+    )
+    .await;
+    let proxy = rename_in_contract(&db, &direct).await;
     let reply = proxy.ctl(&["complete", RENAME]).await;
     assert_eq!(reply["ok"], true, "{reply}\nlog:\n{}", proxy.log());
     let app = connect(&proxy.db_url(&db)).await;
@@ -569,17 +526,7 @@ async fn rename_after_complete_star_is_physical() {
 /// `SELECT *` in its common forms answers through the proxy exactly as directly: the same
 /// column names and types (described), the same rows.
 async fn assert_star_is_physical(app: &Client, direct: &Client) {
-    let physical: Vec<String> = direct
-        .query(
-            "SELECT attname::text FROM pg_attribute WHERE attrelid = 'public.users'::regclass \
-             AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let physical = physical_columns(direct, "public.users").await;
     let star = table(app, "SELECT * FROM users ORDER BY id")
         .await
         .unwrap_or_else(|e| panic!("{e}"));

@@ -4,26 +4,12 @@
 
 mod common;
 
-use common::{ProxyConfig, cluster, connect, fresh_database, sqlstate};
+use common::users::rename_toml;
+use common::{ProxyConfig, cluster, connect, control_toml, fresh_database, sqlstate};
 
+/// `[control]` and the rename `users_display_name` in `phase`.
 fn migration(db: &str, phase: &str) -> String {
-    format!(
-        r#"
-[control]
-user = "postgres"
-
-[[migration]]
-name = "users_display_name"
-database = "{db}"
-table = "public.users"
-kind = "columns"
-phase = "{phase}"
-expand_sql = "ALTER TABLE users ADD COLUMN display_name text"
-[[migration.columns]]
-old = "user_name"
-new = "display_name"
-"#
-    )
+    format!("{}{}", control_toml(), rename_toml(db, phase))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

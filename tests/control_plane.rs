@@ -13,20 +13,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::users::{RENAME, TYPE_CHANGE, Users};
-use common::{Proxy, ProxyConfig, cluster, connect, fresh_database};
+use common::ctl::{entry, refused};
+use common::users::{RENAME, TYPE_CHANGE, Users, rename_in_contract};
+use common::{Proxy, connect, fresh_database_with};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio_postgres::Client;
-
-/// `migration`'s entry in a `status` reply.
-fn entry<'a>(status: &'a Value, migration: &str) -> &'a Value {
-    status["migrations"]
-        .as_array()
-        .and_then(|all| all.iter().find(|m| m["name"] == migration))
-        .unwrap_or_else(|| panic!("no migration {migration} in {status}"))
-}
 
 /// `(user_name, display_name)` of one row, read directly.
 async fn names(direct: &Client, id: i32) -> (Option<String>, Option<String>) {
@@ -91,25 +84,6 @@ async fn recorded(proxy: &Proxy, direct: &Client) -> Recorded {
         cluster_epoch,
         events: (events.get(0), events.get(1)),
     }
-}
-
-/// Runs `ctl --json ARGS…`, which must be refused with a non-zero exit status; the error.
-async fn refused(proxy: &Proxy, args: &[&str]) -> String {
-    let out = proxy.ctl_output(&["--json"], args).await;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let reply: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!(
-            "ctl {args:?} printed no JSON ({e}): {stdout}\nstderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    assert!(!out.status.success(), "ctl {args:?} exited 0: {reply}");
-    assert_eq!(reply["ok"], false, "ctl {args:?} was not refused: {reply}");
-    reply["error"]
-        .as_str()
-        .filter(|e| !e.is_empty())
-        .unwrap_or_else(|| panic!("ctl {args:?}: a refusal without a reason: {reply}"))
-        .to_owned()
 }
 
 /// Runs `pgshift ctl ARGS…` as given (no `--socket` added).
@@ -723,29 +697,6 @@ async fn status_counts_executions_of_prepared_statements_using_old_names() {
     assert!(after >= before + 5, "5 executions: {before} → {after}");
 }
 
-/// The rename alone, with a `complete_sql` dropping the old column.
-fn complete_toml(db: &str) -> String {
-    format!(
-        r#"
-[control]
-user = "{user}"
-
-[[migration]]
-name = "{RENAME}"
-database = "{db}"
-table = "public.users"
-kind = "columns"
-phase = "planned"
-expand_sql = "ALTER TABLE users ADD COLUMN display_name text"
-complete_sql = "ALTER TABLE users DROP COLUMN user_name"
-[[migration.columns]]
-old = "user_name"
-new = "display_name"
-"#,
-        user = cluster().superuser()
-    )
-}
-
 async fn has_column(direct: &Client, column: &str) -> bool {
     direct
         .query_one(
@@ -761,24 +712,13 @@ async fn has_column(direct: &Client, column: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn complete_runs_complete_sql_and_is_final() {
-    let db = fresh_database("cp_complete").await;
-    let direct = db.connect().await;
-    direct
-        .batch_execute(
-            "CREATE TABLE users (id int PRIMARY KEY, user_name text);
-             INSERT INTO users VALUES (1, 'ann'), (2, 'bob');",
-        )
-        .await
-        .unwrap();
-    let proxy = ProxyConfig::new(cluster())
-        .extra(&complete_toml(&db.name))
-        .spawn();
-    proxy.set_phase(RENAME, "expand").await;
-    direct
-        .batch_execute("UPDATE users SET display_name = user_name")
-        .await
-        .unwrap();
-    proxy.set_phase(RENAME, "contract").await;
+    let (db, direct) = fresh_database_with(
+        "cp_complete",
+        "CREATE TABLE users (id int PRIMARY KEY, user_name text);
+         INSERT INTO users VALUES (1, 'ann'), (2, 'bob');",
+    )
+    .await;
+    let proxy = rename_in_contract(&db, &direct).await;
     assert!(has_column(&direct, "user_name").await);
 
     let reply = proxy.ctl(&["complete", RENAME]).await;

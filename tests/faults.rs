@@ -286,15 +286,7 @@ async fn sigterm_lets_an_open_transaction_commit_then_closes() {
     proxy.sigterm();
 
     // New connections are refused once the signal is handled.
-    eventually(
-        Duration::from_secs(5),
-        "new connections to be refused",
-        || {
-            let url = url.clone();
-            async move { try_connect(&url).await.is_err().then_some(()) }
-        },
-    )
-    .await;
+    wait_until_refused(&url).await;
     client
         .batch_execute("INSERT INTO t VALUES (2); COMMIT")
         .await
@@ -303,11 +295,7 @@ async fn sigterm_lets_an_open_transaction_commit_then_closes() {
     let status = tokio::task::block_in_place(|| proxy.wait_exit(Duration::from_secs(10)))
         .expect("pgshift exits after the grace period");
     assert!(status.success(), "pgshift exited with {status}");
-    let committed: i64 = direct
-        .query_one("SELECT count(*) FROM t", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let committed = common::count(&direct, "SELECT count(*) FROM t").await;
     assert_eq!(committed, 2);
 }
 
@@ -352,33 +340,13 @@ async fn sigterm_grace_period_ends_a_transaction_that_does_not_finish() {
         .expect("pgshift exits after the grace period");
     assert!(status.success(), "pgshift exited with {status}");
     // The upstream session is gone, so its transaction was rolled back.
-    let name = db.name.clone();
     eventually(
         Duration::from_secs(5),
         "the upstream session to end",
-        || {
-            let direct = &direct;
-            let name = name.clone();
-            async move {
-                let others: i64 = direct
-                    .query_one(
-                        "SELECT count(*) FROM pg_stat_activity \
-                     WHERE datname = $1 AND pid <> pg_backend_pid()",
-                        &[&name],
-                    )
-                    .await
-                    .unwrap()
-                    .get(0);
-                (others == 0).then_some(())
-            }
-        },
+        || async { (other_backends(&direct, &db.name).await == 0).then_some(()) },
     )
     .await;
-    let rows: i64 = direct
-        .query_one("SELECT count(*) FROM t", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let rows = common::count(&direct, "SELECT count(*) FROM t").await;
     assert_eq!(rows, 0);
 }
 
@@ -414,15 +382,10 @@ async fn abrupt_client_disconnect_releases_the_upstream_connection() {
     // Gone without a Terminate message.
     drop(conn);
 
-    let name = db.name.clone();
     eventually(
         Duration::from_secs(5),
         "the upstream backend to exit",
-        || {
-            let direct = &direct;
-            let name = name.clone();
-            async move { (other_backends(direct, &name).await == 0).then_some(()) }
-        },
+        || async { (other_backends(&direct, &db.name).await == 0).then_some(()) },
     )
     .await;
     assert!(proxy.try_exit().is_none(), "pgshift exited");

@@ -23,10 +23,12 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use common::ctl::{accepted, record, refused};
 use common::orders::{self, Orders};
 use common::users::{TYPE_CHANGE, Users};
 use common::{
-    Proxy, ProxyConfig, TestDb, cluster, connect, describe_error, fresh_database, run_client, tool,
+    Proxy, ProxyConfig, TestDb, cluster, connect, count, describe_error, fresh_database,
+    physical_columns, run_client, tool,
 };
 use serde_json::Value;
 use tokio_postgres::Client;
@@ -83,7 +85,7 @@ impl Accounts {
             .await
             .unwrap_or_else(|e| panic!("accounts schema: {}", describe_error(&e)));
         let proxy = ProxyConfig::new(cluster())
-            .extra(&orders::control_toml())
+            .extra(&common::control_toml())
             .extra(&accounts_toml(&db.name))
             .spawn();
         Accounts { proxy, direct, db }
@@ -107,20 +109,6 @@ async fn orders_with(hint: &str, extra: i32) -> Orders {
 }
 
 // --- ctl helpers ---------------------------------------------------------------------------
-
-/// `migration`'s entry in a `status` reply.
-fn entry<'a>(status: &'a Value, migration: &str) -> &'a Value {
-    status["migrations"]
-        .as_array()
-        .and_then(|all| all.iter().find(|m| m["name"] == migration))
-        .unwrap_or_else(|| panic!("no migration {migration} in {status}"))
-}
-
-/// `status` → the migration's `backfill` or `verify` record.
-async fn record(proxy: &Proxy, migration: &str, job: &str) -> Value {
-    let status = proxy.ctl(&["status"]).await;
-    entry(&status, migration)[job].clone()
-}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -150,29 +138,6 @@ async fn ctl_fails(proxy: &Proxy, args: &[&str]) -> Output {
         text(&out.stderr)
     );
     out
-}
-
-/// Runs `ctl --json ARGS…`, which must be refused with a non-zero exit status; the error.
-async fn refused(proxy: &Proxy, args: &[&str]) -> String {
-    let reply = proxy.ctl(args).await;
-    assert_eq!(reply["ok"], false, "ctl {args:?} was not refused: {reply}");
-    reply["error"]
-        .as_str()
-        .filter(|e| !e.is_empty())
-        .unwrap_or_else(|| panic!("ctl {args:?}: a refusal without a reason: {reply}"))
-        .to_owned()
-}
-
-/// Runs `ctl --json ARGS…`, which must answer ok; the reply.
-async fn accepted(proxy: &Proxy, args: &[&str]) -> Value {
-    let reply = proxy.ctl(args).await;
-    assert_eq!(
-        reply["ok"],
-        true,
-        "ctl {args:?}: {reply}\nlog:\n{}",
-        proxy.log()
-    );
-    reply
 }
 
 /// `backfill NAME start --wait`, which must exit 0 with the backfill `done`; the record.
@@ -237,14 +202,6 @@ async fn cell(direct: &Client, sql: &str) -> Option<String> {
         .await
         .unwrap_or_else(|e| panic!("{sql}: {}", describe_error(&e)))
         .and_then(|r| r.get(0))
-}
-
-async fn count(direct: &Client, sql: &str) -> i64 {
-    direct
-        .query_one(sql, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {}", describe_error(&e)))
-        .get(0)
 }
 
 fn keys(ids: impl IntoIterator<Item = i64>) -> BTreeSet<String> {
@@ -782,18 +739,10 @@ async fn lifecycle_driven_by_ctl_under_pgbench() {
     );
 
     // The old columns are gone, every row is there, no update was lost or doubled.
-    let columns: Vec<String> = direct
-        .query(
-            "SELECT attname::text FROM pg_attribute WHERE attrelid = 'accounts'::regclass \
-             AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(columns, ["id", "holder", "balance_int"]);
+    assert_eq!(
+        physical_columns(direct, "accounts").await,
+        ["id", "holder", "balance_int"]
+    );
     assert_eq!(proxy.phase(ACCOUNTS).await, "complete");
     let issued: i64 = direct
         .query_one(

@@ -8,34 +8,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::orders::{self, MIGRATION as ORDERS, Orders};
-use common::{Proxy, ProxyConfig, cluster, connect, describe_error, eventually};
+use common::ctl::{accepted, record};
+use common::items::{ITEMS, UP, items_config};
+use common::orders::{MIGRATION as ORDERS, Orders};
+use common::{Proxy, ProxyConfig, cluster, connect, count, describe_error, eventually};
 use serde_json::Value;
 use tokio_postgres::Client;
 
 // --- helpers -----------------------------------------------------------------------------------
-
-fn entry<'a>(status: &'a Value, name: &str) -> &'a Value {
-    status["migrations"]
-        .as_array()
-        .and_then(|all| all.iter().find(|m| m["name"] == name))
-        .unwrap_or_else(|| panic!("no migration {name} in {status}"))
-}
-
-async fn record(proxy: &Proxy, name: &str, job: &str) -> Value {
-    entry(&proxy.ctl(&["status"]).await, name)[job].clone()
-}
-
-async fn accepted(proxy: &Proxy, args: &[&str]) -> Value {
-    let reply = proxy.ctl(args).await;
-    assert_eq!(
-        reply["ok"],
-        true,
-        "ctl {args:?}: {reply}\nlog:\n{}",
-        proxy.log()
-    );
-    reply
-}
 
 /// `backfill NAME start --wait`; the record, which must be `done`.
 async fn backfill_done(proxy: &Proxy, name: &str) -> Value {
@@ -76,14 +56,6 @@ async fn await_record(
     .await
 }
 
-async fn count(direct: &Client, sql: &str) -> i64 {
-    direct
-        .query_one(sql, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {}", describe_error(&e)))
-        .get(0)
-}
-
 /// Waits until some backend of the database waits for a lock while running a statement whose
 /// text contains `needle`.
 async fn lock_waiter(direct: &Client, needle: &str, what: &str) {
@@ -101,6 +73,45 @@ async fn lock_waiter(direct: &Client, needle: &str, what: &str) {
     .await;
 }
 
+/// Holds a transaction open (older than any batch), starts the backfill of [`ORDERS`] and
+/// waits (naming `what`) until its orphan sweep waits for that transaction; the session
+/// holding it, for the test to commit when it wants the sweep to go on.
+async fn backfill_held_at_the_sweep(env: &Orders, what: &str) -> Client {
+    let blocker = env.db.connect().await;
+    blocker
+        .batch_execute("BEGIN; SELECT txid_current()")
+        .await
+        .unwrap();
+    accepted(&env.proxy, &["backfill", ORDERS, "start"]).await;
+    await_record(
+        &env.proxy,
+        ORDERS,
+        "backfill",
+        what,
+        Duration::from_secs(30),
+        |r| {
+            r["waiting"]
+                .as_str()
+                .is_some_and(|w| w.contains("orphan sweep"))
+        },
+    )
+    .await;
+    blocker
+}
+
+/// The orders fixture taken to contract the regular way: expand, a backfill, a clean verify,
+/// switch.
+async fn orders_in_contract(hint: &str) -> Orders {
+    let env = Orders::start(hint).await;
+    let proxy = &env.proxy;
+    accepted(proxy, &["phase", ORDERS, "expand"]).await;
+    backfill_done(proxy, ORDERS).await;
+    assert_eq!(verify(proxy, ORDERS).await["state"], "clean");
+    accepted(proxy, &["phase", ORDERS, "switch"]).await;
+    accepted(proxy, &["phase", ORDERS, "contract"]).await;
+    env
+}
+
 /// The orders fixture, its proxy reloaded with `[jobs]` settings.
 async fn orders_with_jobs(hint: &str, jobs: &str) -> Orders {
     let env = Orders::start(hint).await;
@@ -110,29 +121,6 @@ async fn orders_with_jobs(hint: &str, jobs: &str) -> Orders {
 }
 
 // --- column migration fixture (items.qty text -> qty_int integer) -------------------------------
-
-const ITEMS: &str = "items_qty_int";
-const UP: &str = "CASE WHEN qty ~ '^[0-9]+$' THEN qty::integer END";
-
-fn items_config(db: &str) -> ProxyConfig {
-    ProxyConfig::new(cluster()).extra(&format!(
-        r#"{control}
-[[migration]]
-name = "{ITEMS}"
-database = "{db}"
-table = "public.items"
-kind = "columns"
-phase = "planned"
-expand_sql = "ALTER TABLE items ADD COLUMN qty_int integer"
-[[migration.columns]]
-old = "qty"
-new = "qty_int"
-up = "{UP}"
-down = "qty_int::text"
-"#,
-        control = orders::control_toml()
-    ))
-}
 
 async fn items_out_of_sync(direct: &Client) -> i64 {
     count(
@@ -217,25 +205,7 @@ async fn the_sweep_deletes_a_row_a_client_wrote_meanwhile() {
         .unwrap();
 
     // A transaction older than the last batch holds the sweep in its wait.
-    let blocker = env.db.connect().await;
-    blocker
-        .batch_execute("BEGIN; SELECT txid_current()")
-        .await
-        .unwrap();
-    accepted(proxy, &["backfill", ORDERS, "start"]).await;
-    await_record(
-        proxy,
-        ORDERS,
-        "backfill",
-        "the sweep waiting",
-        Duration::from_secs(30),
-        |r| {
-            r["waiting"]
-                .as_str()
-                .is_some_and(|w| w.contains("orphan sweep"))
-        },
-    )
-    .await;
+    let blocker = backfill_held_at_the_sweep(&env, "the sweep waiting").await;
 
     // The client writes key 100 through pgshift (old table, then upsert of the new one).
     let app = env.app().await;
@@ -268,6 +238,83 @@ async fn the_sweep_deletes_a_row_a_client_wrote_meanwhile() {
     );
 }
 
+/// The orphan sweep waits for prepared (two-phase) transactions as for open ones: a prepared
+/// DELETE of a source row stays invisible to the sweep until COMMIT PREPARED, so sweeping
+/// before it would leave that row's copy behind. A prepared transaction older than the last
+/// batch holds the sweep, named in `waiting`, until it is committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_waits_for_a_prepared_transaction() {
+    let env = Orders::start("review_sweep_2pc").await;
+    let (proxy, direct) = (&env.proxy, &env.direct);
+    let slots: String = direct
+        .query_one("SHOW max_prepared_transactions", &[])
+        .await
+        .unwrap()
+        .get(0);
+    if slots == "0" {
+        eprintln!("skipped: the server has max_prepared_transactions = 0");
+        return;
+    }
+    accepted(proxy, &["phase", ORDERS, "expand"]).await;
+    direct
+        .batch_execute("CREATE TABLE side (id int)")
+        .await
+        .unwrap();
+    let gid = format!("{}_sweep", env.db.name);
+    let app = env.app().await;
+    app.batch_execute(&format!(
+        "BEGIN; INSERT INTO side VALUES (1); PREPARE TRANSACTION '{gid}'"
+    ))
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "PREPARE TRANSACTION through pgshift: {}",
+            describe_error(&e)
+        )
+    });
+
+    accepted(proxy, &["backfill", ORDERS, "start"]).await;
+    let waiting = await_record(
+        proxy,
+        ORDERS,
+        "backfill",
+        "the sweep waiting for the prepared transaction",
+        Duration::from_secs(30),
+        |r| {
+            r["waiting"]
+                .as_str()
+                .is_some_and(|w| w.contains("orphan sweep"))
+        },
+    )
+    .await;
+    assert!(
+        waiting["waiting"]
+            .as_str()
+            .is_some_and(|w| w.contains(&format!("prepared transaction '{gid}'"))),
+        "{waiting}"
+    );
+    // Held there, not swept on regardless.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let still = record(proxy, ORDERS, "backfill").await;
+    assert_eq!(still["state"], "running", "{still}");
+
+    direct
+        .batch_execute(&format!("COMMIT PREPARED '{gid}'"))
+        .await
+        .unwrap();
+    let done = await_record(
+        proxy,
+        ORDERS,
+        "backfill",
+        "backfill done",
+        Duration::from_secs(60),
+        |r| matches!(r["state"].as_str(), Some("done" | "failed")),
+    )
+    .await;
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(env.differences().await, Vec::<String>::new());
+}
+
 /// Was a bug (cancel ignored at the end): `backfill cancel` during the orphan sweep's wait answers
 /// ok and records `cancelled`, but cancelling the runner's token makes the sweep stop waiting
 /// for the old transactions (it sweeps at once, exactly what the wait is there to avoid) and
@@ -277,33 +324,10 @@ async fn the_sweep_deletes_a_row_a_client_wrote_meanwhile() {
 /// `complete` is refused again as if the rollback were still going on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_during_the_sweep_is_overwritten_with_done() {
-    let env = Orders::start("review_cancel_sweep").await;
+    let env = orders_in_contract("review_cancel_sweep").await;
     let proxy = &env.proxy;
-    accepted(proxy, &["phase", ORDERS, "expand"]).await;
-    backfill_done(proxy, ORDERS).await;
-    assert_eq!(verify(proxy, ORDERS).await["state"], "clean");
-    accepted(proxy, &["phase", ORDERS, "switch"]).await;
-    accepted(proxy, &["phase", ORDERS, "contract"]).await;
 
-    let blocker = env.db.connect().await;
-    blocker
-        .batch_execute("BEGIN; SELECT txid_current()")
-        .await
-        .unwrap();
-    accepted(proxy, &["backfill", ORDERS, "start"]).await;
-    await_record(
-        proxy,
-        ORDERS,
-        "backfill",
-        "the reverse sweep waiting",
-        Duration::from_secs(30),
-        |r| {
-            r["waiting"]
-                .as_str()
-                .is_some_and(|w| w.contains("orphan sweep"))
-        },
-    )
-    .await;
+    let blocker = backfill_held_at_the_sweep(&env, "the reverse sweep waiting").await;
     let reply = accepted(proxy, &["backfill", ORDERS, "cancel"]).await;
     println!("cancel: {reply}");
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -325,13 +349,8 @@ async fn a_cancel_during_the_sweep_is_overwritten_with_done() {
 /// records, as entering planned does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_verify_from_before_contract_still_opens_the_switch_gate() {
-    let env = Orders::start("review_stale_gate").await;
+    let env = orders_in_contract("review_stale_gate").await;
     let proxy = &env.proxy;
-    accepted(proxy, &["phase", ORDERS, "expand"]).await;
-    backfill_done(proxy, ORDERS).await;
-    assert_eq!(verify(proxy, ORDERS).await["state"], "clean");
-    accepted(proxy, &["phase", ORDERS, "switch"]).await;
-    accepted(proxy, &["phase", ORDERS, "contract"]).await;
 
     // In contract only the new table is written.
     let app = env.app().await;
@@ -398,7 +417,7 @@ async fn fixture(hint: &str, schema: &str, migration: &str) -> (Proxy, Client, c
         .await
         .unwrap_or_else(|e| panic!("schema: {}", describe_error(&e)));
     let proxy = ProxyConfig::new(cluster())
-        .extra(&orders::control_toml())
+        .extra(&common::control_toml())
         .extra(&migration.replace("{db}", &db.name))
         .spawn();
     (proxy, direct, db)

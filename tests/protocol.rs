@@ -103,14 +103,11 @@ async fn simple_query_error_stops_the_rest_of_the_string() {
     assert_eq!(sqlstate(&err).as_deref(), Some("42P01"), "{err:?}");
     // The string ran as one implicit transaction: nothing of it remains.
     let direct = db.connect().await;
-    let tables: i64 = direct
-        .query_one(
-            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let tables = common::count(
+        &direct,
+        "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'",
+    )
+    .await;
     assert_eq!(tables, 0);
     let rows = client.simple_query("SELECT 'still usable'").await.unwrap();
     assert_eq!(render_simple(&rows)[1], "row still usable");
@@ -165,11 +162,7 @@ async fn extended_query_with_named_and_unnamed_statements() {
         .unwrap();
     assert_eq!(updated, 3);
     let direct = db.connect().await;
-    let low: i64 = direct
-        .query_one("SELECT count(*) FROM t WHERE name = 'low'", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let low = common::count(&direct, "SELECT count(*) FROM t WHERE name = 'low'").await;
     assert_eq!(low, 3);
 }
 
@@ -248,18 +241,10 @@ async fn failed_transaction_rolls_back_and_connection_stays_usable() {
 
     assert_eq!(sqlstate(&duplicate).as_deref(), Some("23505"));
     assert_eq!(sqlstate(&aborted).as_deref(), Some("25P02"));
-    let count: i64 = client
-        .query_one("SELECT count(*) FROM t", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let count = common::count(&client, "SELECT count(*) FROM t").await;
     assert_eq!(count, 0);
     let direct = db.connect().await;
-    let count: i64 = direct
-        .query_one("SELECT count(*) FROM t", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let count = common::count(&direct, "SELECT count(*) FROM t").await;
     assert_eq!(count, 0);
 }
 
@@ -333,11 +318,7 @@ async fn copy_in_error_is_reported_and_nothing_is_written() {
     let err = sink.finish().await.unwrap_err();
 
     assert_eq!(sqlstate(&err).as_deref(), Some("22P02"), "{err:?}");
-    let count: i64 = client
-        .query_one("SELECT count(*) FROM t", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let count = common::count(&client, "SELECT count(*) FROM t").await;
     assert_eq!(count, 0);
 }
 
@@ -450,24 +431,7 @@ async fn cancel_request_through_the_proxy_stops_a_running_query() {
 
     // Cancel only once the server is really executing it (a cancel for an idle backend is a no-op).
     let direct = db.connect().await;
-    let name = db.name.clone();
-    eventually(Duration::from_secs(10), "pg_sleep to be running", || {
-        let direct = &direct;
-        let name = name.clone();
-        async move {
-            let active: i64 = direct
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity \
-                     WHERE datname = $1 AND state = 'active' AND query = 'SELECT pg_sleep(30)'",
-                    &[&name],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            (active == 1).then_some(())
-        }
-    })
-    .await;
+    wait_until_active(&direct, &db.name, "SELECT pg_sleep(30)").await;
     token.cancel_query(NoTls).await.unwrap();
     let (result, client) = tokio::time::timeout(Duration::from_secs(10), running)
         .await
@@ -535,14 +499,11 @@ async fn startup_options_and_application_name_reach_the_server() {
     assert_eq!(row.get::<_, String>(1), "7MB");
     assert_eq!(row.get::<_, String>(2), "story-app");
     let direct = db.connect().await;
-    let apps: i64 = direct
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'story-app'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let apps = common::count(
+        &direct,
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'story-app'",
+    )
+    .await;
     assert_eq!(apps, 1);
 }
 
@@ -620,16 +581,13 @@ async fn cancel_reaches_only_the_session_it_belongs_to() {
     let cancel = async {
         // Cancel once both sleeps are running on the server.
         eventually(Duration::from_secs(10), "both sleeps to run", || async {
-            let sleeping: i64 = direct
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity \
+            let sleeping = common::count(
+                &direct,
+                "SELECT count(*) FROM pg_stat_activity \
                      WHERE datname = current_database() AND state = 'active' \
                      AND query LIKE 'SELECT pg_sleep(%'",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
+            )
+            .await;
             (sleeping == 2).then_some(())
         })
         .await;

@@ -5,10 +5,9 @@
 
 mod common;
 
-use std::net::SocketAddr;
-
 use bytes::Bytes;
-use common::users::Users;
+use common::raw::{data_rows, error_codes, exchange, raw_unsupported, run, send_read, tags};
+use common::users::{Users, bind_insert};
 use common::{
     BackendMessage, ProxyConfig, RawConn, cluster, describe_error, fresh_database, frontend,
     sqlstate,
@@ -17,123 +16,6 @@ use futures_util::SinkExt;
 use tokio_postgres::SimpleQueryMessage;
 
 // ---- helpers ---------------------------------------------------------------------------------
-
-async fn raw_connect(addr: SocketAddr, params: &[(&str, &str)]) -> RawConn {
-    let (conn, startup) = RawConn::startup(addr, params).await;
-    assert_eq!(startup.last().map(|m| m.tag), Some(b'Z'), "{startup:?}");
-    conn
-}
-
-async fn raw_proxy(env: &Users) -> RawConn {
-    raw_connect(
-        env.proxy.addr(),
-        &[("user", cluster().superuser()), ("database", &env.db.name)],
-    )
-    .await
-}
-
-async fn raw_direct(env: &Users) -> RawConn {
-    let addr: SocketAddr = cluster().upstream().parse().expect("upstream is host:port");
-    raw_connect(
-        addr,
-        &[("user", cluster().superuser()), ("database", &env.db.name)],
-    )
-    .await
-}
-
-/// Skips when the raw client cannot log in (it speaks trust authentication only).
-fn raw_unsupported() -> bool {
-    let skip = cluster().superuser_password().is_some();
-    if skip {
-        println!("skipped: the raw client supports trust authentication only");
-    }
-    skip
-}
-
-/// Sends `frames` in one write and reads until `readies` ReadyForQuery messages arrived.
-async fn send_read(conn: &mut RawConn, frames: &[Vec<u8>], readies: usize) -> Vec<BackendMessage> {
-    conn.send(&frames.concat()).await;
-    conn.read_until_ready(readies).await
-}
-
-/// Like [`send_read`], counting one ReadyForQuery per Sync and per Query frame.
-async fn exchange(conn: &mut RawConn, frames: &[Vec<u8>]) -> Vec<BackendMessage> {
-    let readies = frames
-        .iter()
-        .filter(|f| matches!(f[0], b'S' | b'Q'))
-        .count();
-    send_read(conn, frames, readies).await
-}
-
-fn tags(messages: &[BackendMessage]) -> String {
-    messages.iter().map(|m| m.tag as char).collect()
-}
-
-fn error_codes(messages: &[BackendMessage]) -> Vec<String> {
-    messages
-        .iter()
-        .filter(|m| m.tag == b'E')
-        .map(|m| m.field(b'C').unwrap_or_default())
-        .collect()
-}
-
-/// The text fields of every DataRow.
-fn data_rows(messages: &[BackendMessage]) -> Vec<Vec<Option<String>>> {
-    messages
-        .iter()
-        .filter(|m| m.tag == b'D')
-        .map(BackendMessage::fields)
-        .collect()
-}
-
-/// Parse (unnamed), Bind, Execute of `sql` without parameters.
-fn run(sql: &str) -> Vec<Vec<u8>> {
-    vec![
-        frontend::parse("", sql, &[]),
-        frontend::bind("", "", &[], 0),
-        frontend::execute("", 0),
-    ]
-}
-
-const INS: &str = "INSERT INTO users (id, user_name, age) VALUES ($1, $2, $3)";
-
-/// Bind and Execute of the named statement `ins` with id `id`.
-fn bind_insert(id: i32) -> Vec<Vec<u8>> {
-    let (id, name, age) = (id.to_string(), format!("p{id}"), id.to_string());
-    vec![
-        frontend::bind("", "ins", &[Some(&id), Some(&name), Some(&age)], 0),
-        frontend::execute("", 0),
-    ]
-}
-
-/// (user_name, display_name, age, age_int) of row `id`, read directly.
-async fn both_sides(env: &Users, id: i32) -> [Option<String>; 4] {
-    let row = env
-        .direct
-        .query_one(
-            "SELECT user_name, display_name, age, age_int::text FROM users WHERE id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("row {id}: {}", describe_error(&e)));
-    [row.get(0), row.get(1), row.get(2), row.get(3)]
-}
-
-/// Row `id` was written with name `p{id}` and age `{id}` on both sides.
-async fn assert_dual_written(env: &Users, id: i32) {
-    let want = [
-        format!("p{id}"),
-        format!("p{id}"),
-        id.to_string(),
-        id.to_string(),
-    ]
-    .map(Some);
-    assert_eq!(
-        both_sides(env, id).await,
-        want,
-        "row {id}: user_name, display_name, age, age_int (both sides must be written)"
-    );
-}
 
 /// First column of each row of a simple query.
 fn first_column(messages: &[SimpleQueryMessage]) -> Vec<Option<String>> {
@@ -170,7 +52,7 @@ async fn only_keyword_bypasses_the_rewrite() {
     let update = app
         .simple_query("UPDATE ONLY users SET user_name = 'zed' WHERE id = 1")
         .await;
-    let sides = both_sides(&env, 1).await;
+    let sides = env.both_sides(1).await;
     let want = match &update {
         Ok(_) => "zed",
         Err(e) => {
@@ -462,7 +344,7 @@ async fn extended_copy_in_does_not_freeze_the_sessions_snapshot() {
     app.simple_query("INSERT INTO users (id, user_name, age) VALUES (80, 'p80', '80')")
         .await
         .unwrap();
-    assert_dual_written(&env, 80).await;
+    env.assert_dual_written(80).await;
 }
 
 /// A Query or FunctionCall inside an extended-protocol batch that fails before it is discarded
@@ -479,14 +361,14 @@ async fn query_discarded_in_a_failed_pipeline_does_not_freeze_the_snapshot() {
         vec![frontend::query("SELECT 1"), frontend::sync()],
     ]
     .concat();
-    let mut real = raw_direct(&env).await;
+    let mut real = env.raw_direct().await;
     let want = send_read(&mut real, &frames, 1).await;
     assert_eq!(
         tags(&want),
         "1EZ",
         "PostgreSQL discards the Query: {want:?}"
     );
-    let mut ours = raw_proxy(&env).await;
+    let mut ours = env.raw_proxy().await;
     let got = send_read(&mut ours, &frames, 1).await;
     assert_eq!(tags(&got), "1EZ");
 
@@ -499,7 +381,7 @@ async fn query_discarded_in_a_failed_pipeline_does_not_freeze_the_snapshot() {
     )
     .await;
     assert_eq!(tags(&inserted), "CZ", "{inserted:?}");
-    assert_dual_written(&env, 93).await;
+    env.assert_dual_written(93).await;
 }
 
 /// Without a Sync (Flush only) the implicit transaction stays open, but pgshift counts nothing
@@ -516,7 +398,7 @@ async fn implicit_transaction_spanning_a_flush_keeps_one_snapshot() {
         .batch_execute("ALTER TABLE users ADD COLUMN display_name text, ADD COLUMN age_int integer")
         .await
         .unwrap();
-    let mut conn = raw_proxy(&env).await;
+    let mut conn = env.raw_proxy().await;
     let sql = "SELECT txid_current()::text, current_query() FROM users WHERE id = 1";
     conn.send(&[run(sql), vec![frontend::flush()]].concat().concat())
         .await;
@@ -544,13 +426,7 @@ async fn rollback_and_bind_in_one_write_still_reprepare() {
         return;
     }
     let env = Users::start("rf_rollback_bind", "planned", "planned").await;
-    let mut conn = raw_proxy(&env).await;
-    let parsed = exchange(
-        &mut conn,
-        &[frontend::parse("ins", INS, &[]), frontend::sync()],
-    )
-    .await;
-    assert_eq!(tags(&parsed), "1Z");
+    let mut conn = env.raw_proxy_with_insert("ins").await;
     env.set_phases("expand", "expand").await;
     let begun = exchange(&mut conn, &[frontend::query("BEGIN")]).await;
     assert_eq!(tags(&begun), "CZ");
@@ -571,7 +447,7 @@ async fn rollback_and_bind_in_one_write_still_reprepare() {
     )
     .await;
     assert_eq!(tags(&got), "CZ2CZ", "{got:?}");
-    assert_dual_written(&env, 90).await;
+    env.assert_dual_written(90).await;
 }
 
 /// A Parse that PostgreSQL rejects with 42P05 (name in use) still replaces pgshift's record of
@@ -583,7 +459,7 @@ async fn rejected_duplicate_parse_does_not_replace_the_statement() {
         return;
     }
     let env = Users::start("rf_dup_parse", "planned", "planned").await;
-    let mut conn = raw_proxy(&env).await;
+    let mut conn = env.raw_proxy().await;
     let first = exchange(
         &mut conn,
         &[
@@ -637,13 +513,7 @@ async fn close_discarded_after_an_error_keeps_the_statement_tracked() {
         return;
     }
     let env = Users::start("rf_close_discarded", "planned", "planned").await;
-    let mut conn = raw_proxy(&env).await;
-    let parsed = exchange(
-        &mut conn,
-        &[frontend::parse("ins", INS, &[]), frontend::sync()],
-    )
-    .await;
-    assert_eq!(tags(&parsed), "1Z");
+    let mut conn = env.raw_proxy_with_insert("ins").await;
     let failed = exchange(
         &mut conn,
         &[
@@ -661,7 +531,7 @@ async fn close_discarded_after_an_error_keeps_the_statement_tracked() {
     )
     .await;
     assert_eq!(tags(&got), "2CZ", "ins still exists upstream: {got:?}");
-    assert_dual_written(&env, 91).await;
+    env.assert_dual_written(91).await;
 }
 
 /// A Query that is not valid UTF-8 (client_encoding LATIN1) is forwarded untouched
@@ -673,7 +543,7 @@ async fn non_utf8_query_is_rewritten_or_refused() {
         return;
     }
     let env = Users::start("rf_latin1", "expand", "expand").await;
-    let mut conn = raw_connect(
+    let mut conn = RawConn::connect(
         env.proxy.addr(),
         &[
             ("user", cluster().superuser()),
@@ -697,7 +567,7 @@ async fn non_utf8_query_is_rewritten_or_refused() {
             .get(0);
         assert_eq!(n, 0, "a refused statement wrote nothing");
     } else {
-        let sides = both_sides(&env, 92).await;
+        let sides = env.both_sides(92).await;
         assert_eq!(
             sides[1].as_deref(),
             Some("José"),
@@ -729,7 +599,7 @@ async fn sql_prepare_from_planned_dual_writes_when_executed_in_expand() {
         );
         return;
     }
-    assert_dual_written(&env, 94).await;
+    env.assert_dual_written(94).await;
 }
 
 /// Refusal markers are matched by substring: `pgshift_refused_1` is found inside
@@ -774,7 +644,7 @@ async fn idle_timeout_does_not_close_an_unsynced_extended_batch() {
     let proxy = ProxyConfig::new(cluster())
         .proxy_key("idle_timeout", "\"1s\"")
         .spawn();
-    let mut conn = raw_connect(
+    let mut conn = RawConn::connect(
         proxy.addr(),
         &[("user", cluster().superuser()), ("database", &db.name)],
     )

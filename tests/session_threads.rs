@@ -8,7 +8,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ProxyConfig, cluster, connect, eventually, fresh_database, sqlstate};
+use common::users::rename_toml;
+use common::{
+    ProxyConfig, cluster, connect, control_toml, fresh_database_with, sqlstate, wait_until_active,
+    wait_until_refused,
+};
 use tokio_postgres::NoTls;
 
 /// Threads of process `pid` whose name starts with `prefix`.
@@ -21,33 +25,16 @@ fn threads_named(pid: u32, prefix: &str) -> usize {
 }
 
 async fn sessions_work_with(worker_threads: usize, loops: usize) {
-    let db = fresh_database(&format!("session_threads_{worker_threads}")).await;
-    let direct = db.connect().await;
-    direct
-        .batch_execute("CREATE TABLE users (id int PRIMARY KEY, user_name text)")
-        .await
-        .unwrap();
+    let (db, direct) = fresh_database_with(
+        &format!("session_threads_{worker_threads}"),
+        "CREATE TABLE users (id int PRIMARY KEY, user_name text)",
+    )
+    .await;
     let proxy = ProxyConfig::new(cluster())
         .proxy_key("worker_threads", &worker_threads.to_string())
         .shutdown_grace("10s")
-        .extra(&format!(
-            r#"
-[control]
-user = "postgres"
-
-[[migration]]
-name = "users_display_name"
-database = "{}"
-table = "public.users"
-kind = "columns"
-phase = "expand"
-expand_sql = "ALTER TABLE users ADD COLUMN display_name text"
-[[migration.columns]]
-old = "user_name"
-new = "display_name"
-"#,
-            db.name
-        ))
+        .extra(&control_toml())
+        .extra(&rename_toml(&db.name, "expand"))
         .spawn();
     assert_eq!(
         threads_named(proxy.pid(), "pgshift-loop"),
@@ -70,24 +57,17 @@ new = "display_name"
         apps.push(app);
     }
     for (id, app) in apps.iter().enumerate() {
-        let seen: i64 = app
-            .query_one("SELECT count(*) FROM users", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let seen = common::count(app, "SELECT count(*) FROM users").await;
         assert_eq!(seen, 1, "session {id} sees only its own uncommitted row");
     }
     for app in &apps {
         app.batch_execute("COMMIT").await.unwrap();
     }
-    let dual: i64 = direct
-        .query_one(
-            "SELECT count(*) FROM users WHERE display_name = user_name",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let dual = common::count(
+        &direct,
+        "SELECT count(*) FROM users WHERE display_name = user_name",
+    )
+    .await;
     assert_eq!(dual, 6, "every session's old-name insert is dual-written");
 
     // A cancel request on a connection of its own reaches the session it names.
@@ -97,24 +77,7 @@ new = "display_name"
         let r = sleeper.simple_query("SELECT pg_sleep(30)").await;
         (sleeper, r)
     });
-    let name = db.name.clone();
-    eventually(Duration::from_secs(10), "pg_sleep to be running", || {
-        let direct = &direct;
-        let name = name.clone();
-        async move {
-            let n: i64 = direct
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
-                     AND state = 'active' AND query = 'SELECT pg_sleep(30)'",
-                    &[&name],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            (n == 1).then_some(())
-        }
-    })
-    .await;
+    wait_until_active(&direct, &db.name, "SELECT pg_sleep(30)").await;
     token.cancel_query(NoTls).await.unwrap();
     let (sleeper, cancelled) = tokio::time::timeout(Duration::from_secs(10), running)
         .await
@@ -130,20 +93,7 @@ new = "display_name"
         .await
         .unwrap();
     proxy.sigterm();
-    eventually(
-        Duration::from_secs(5),
-        "new connections to be refused",
-        || {
-            let url = url.clone();
-            async move {
-                tokio_postgres::connect(&url, NoTls)
-                    .await
-                    .is_err()
-                    .then_some(())
-            }
-        },
-    )
-    .await;
+    wait_until_refused(&url).await;
     open.batch_execute("COMMIT")
         .await
         .expect("the open transaction may finish within the grace period");

@@ -11,8 +11,10 @@
 
 mod common;
 
-use common::orders::{Endpoint, MIGRATION, Mode, Orders, Side, control_toml, text_rows};
-use common::{ProxyConfig, cluster, connect, describe_error, fresh_database, sqlstate};
+use common::orders::{Endpoint, MIGRATION, Mode, Orders, Side, text_rows};
+use common::{
+    ProxyConfig, cluster, connect, control_toml, describe_error, fresh_database, sqlstate,
+};
 use tokio_postgres::Client;
 
 const PHASES: [&str; 4] = ["planned", "expand", "switch", "contract"];

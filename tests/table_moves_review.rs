@@ -11,8 +11,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::orders::{Endpoint, MIGRATION, Mode, Orders, control_toml, error_text, text_rows};
-use common::{ProxyConfig, cluster, connect, describe_error, fresh_database};
+use common::orders::{Endpoint, MIGRATION, Mode, Orders, error_text, text_rows};
+use common::{ProxyConfig, cluster, connect, control_toml, describe_error, fresh_database};
 use pgshift::migration::{Phase, QualifiedName, TableMove};
 use pgshift::rewrite::{Outcome, Rewriter};
 use tokio_postgres::types::Type;

@@ -6,7 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ProxyConfig, cluster, connect, eventually, fresh_database, sqlstate};
+use common::users::rename_toml;
+use common::{
+    ProxyConfig, cluster, connect, control_toml, fresh_database_with, sqlstate, wait_until_active,
+};
 use tokio_postgres::NoTls;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -15,35 +18,16 @@ async fn sessions_control_and_cancel_go_over_the_unix_socket() {
         eprintln!("skipped: needs the harness's own server for its socket directory");
         return;
     };
-    let db = fresh_database("upstream_unix").await;
-    let direct = db.connect().await;
-    direct
-        .batch_execute(
-            "CREATE TABLE users (id int PRIMARY KEY, user_name text);
-             INSERT INTO users VALUES (1, 'ann');",
-        )
-        .await
-        .unwrap();
+    let (db, direct) = fresh_database_with(
+        "upstream_unix",
+        "CREATE TABLE users (id int PRIMARY KEY, user_name text);
+         INSERT INTO users VALUES (1, 'ann');",
+    )
+    .await;
     let proxy = ProxyConfig::new(cluster())
         .upstream_unix(pg.socket_dir(), pg.port())
-        .extra(&format!(
-            r#"
-[control]
-user = "postgres"
-
-[[migration]]
-name = "users_display_name"
-database = "{}"
-table = "public.users"
-kind = "columns"
-phase = "expand"
-expand_sql = "ALTER TABLE users ADD COLUMN display_name text"
-[[migration.columns]]
-old = "user_name"
-new = "display_name"
-"#,
-            db.name
-        ))
+        .extra(&control_toml())
+        .extra(&rename_toml(&db.name, "expand"))
         .spawn();
     let app = connect(&proxy.db_url(&db)).await;
 
@@ -80,24 +64,7 @@ new = "display_name"
     // A cancel request is forwarded over the socket too.
     let token = app.cancel_token();
     let running = tokio::spawn(async move { app.simple_query("SELECT pg_sleep(30)").await });
-    let name = db.name.clone();
-    eventually(Duration::from_secs(10), "pg_sleep to be running", || {
-        let direct = &direct;
-        let name = name.clone();
-        async move {
-            let n: i64 = direct
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
-                     AND state = 'active' AND query = 'SELECT pg_sleep(30)'",
-                    &[&name],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            (n == 1).then_some(())
-        }
-    })
-    .await;
+    wait_until_active(&direct, &db.name, "SELECT pg_sleep(30)").await;
     token.cancel_query(NoTls).await.unwrap();
     let err = tokio::time::timeout(Duration::from_secs(10), running)
         .await

@@ -15,8 +15,8 @@ use tokio_postgres::types::{FromSql, ToSql, Type};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 use super::{
-    Proxy, ProxyConfig, RawConn, TestDb, cluster, connect, describe_error, fresh_database,
-    frontend, toml_str,
+    Proxy, ProxyConfig, RawConn, TestDb, cluster, connect, control_toml, describe_error,
+    fresh_database, frontend,
 };
 
 pub const MIGRATION: &str = "orders_v2";
@@ -43,18 +43,6 @@ CREATE TABLE shape.orders_v2 (LIKE public.orders_v2 INCLUDING ALL);
 const BACKFILL: &str = "INSERT INTO orders_v2 \
      SELECT id, customer, (total * 100)::bigint, created_at FROM orders \
      ON CONFLICT (id) DO NOTHING";
-
-/// `[control]` with the cluster's superuser (and its password, if any).
-pub fn control_toml() -> String {
-    let password = cluster()
-        .superuser_password()
-        .map(|p| format!("password = {}\n", toml_str(p)))
-        .unwrap_or_default();
-    format!(
-        "\n[control]\nuser = {}\n{password}",
-        toml_str(cluster().superuser())
-    )
-}
 
 /// The `orders_v2` migration in planned.
 pub fn migration_toml(db: &str) -> String {

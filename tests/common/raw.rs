@@ -111,6 +111,14 @@ impl RawConn {
         (conn, messages)
     }
 
+    /// Like [`startup`](Self::startup), for a startup that must succeed: the connection, ready
+    /// for queries.
+    pub async fn connect(addr: SocketAddr, params: &[(&str, &str)]) -> RawConn {
+        let (conn, startup) = RawConn::startup(addr, params).await;
+        assert_eq!(startup.last().map(|m| m.tag), Some(b'Z'), "{startup:?}");
+        conn
+    }
+
     pub async fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.expect("write to server");
     }
@@ -154,6 +162,67 @@ impl RawConn {
         }
         messages
     }
+}
+
+/// Skips when the raw client cannot log in (it speaks trust authentication only); returns
+/// whether to skip.
+pub fn raw_unsupported() -> bool {
+    let skip = super::cluster().superuser_password().is_some();
+    if skip {
+        println!("skipped: the raw client supports trust authentication only");
+    }
+    skip
+}
+
+/// Sends `frames` in one write and reads until `readies` ReadyForQuery messages arrived.
+pub async fn send_read(
+    conn: &mut RawConn,
+    frames: &[Vec<u8>],
+    readies: usize,
+) -> Vec<BackendMessage> {
+    conn.send(&frames.concat()).await;
+    conn.read_until_ready(readies).await
+}
+
+/// Like [`send_read`], counting one ReadyForQuery per Sync and per Query frame.
+pub async fn exchange(conn: &mut RawConn, frames: &[Vec<u8>]) -> Vec<BackendMessage> {
+    let readies = frames
+        .iter()
+        .filter(|f| matches!(f[0], b'S' | b'Q'))
+        .count();
+    send_read(conn, frames, readies).await
+}
+
+/// The type bytes of `messages` as a string, e.g. `"12CZ"`.
+pub fn tags(messages: &[BackendMessage]) -> String {
+    messages.iter().map(|m| m.tag as char).collect()
+}
+
+/// SQLSTATEs of the ErrorResponses, in order.
+pub fn error_codes(messages: &[BackendMessage]) -> Vec<String> {
+    messages
+        .iter()
+        .filter(|m| m.tag == b'E')
+        .map(|m| m.field(b'C').unwrap_or_default())
+        .collect()
+}
+
+/// The text fields of every DataRow.
+pub fn data_rows(messages: &[BackendMessage]) -> Vec<Vec<Option<String>>> {
+    messages
+        .iter()
+        .filter(|m| m.tag == b'D')
+        .map(BackendMessage::fields)
+        .collect()
+}
+
+/// Parse (unnamed), Bind, Execute of `sql` without parameters.
+pub fn run(sql: &str) -> Vec<Vec<u8>> {
+    vec![
+        frontend::parse("", sql, &[]),
+        frontend::bind("", "", &[], 0),
+        frontend::execute("", 0),
+    ]
 }
 
 /// Frontend message builders (protocol 3.0), each returning the complete frame.
