@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::Duration;
@@ -190,16 +189,7 @@ impl Served {
             .stderr(stderr)
             .spawn()
             .expect("spawn pgshift serve");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        // Keeps draining stdout so pgshift never blocks on a full pipe.
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            for _ in lines {}
-        });
+        let rx = common::proxy::read_first_line(child.stdout.take().unwrap());
         let mut served = Served {
             child,
             admin_socket: PathBuf::new(),

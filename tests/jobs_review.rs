@@ -56,6 +56,22 @@ async fn await_record(
     .await
 }
 
+/// Waits (up to 60 s) until the backfill of `name` has ended, and asserts it ended `done`;
+/// the record.
+async fn backfill_ended_done(proxy: &Proxy, name: &str) -> Value {
+    let done = await_record(
+        proxy,
+        name,
+        "backfill",
+        "the backfill to end",
+        Duration::from_secs(60),
+        |r| matches!(r["state"].as_str(), Some("done" | "failed")),
+    )
+    .await;
+    assert_eq!(done["state"], "done", "{done}");
+    done
+}
+
 /// Waits until some backend of the database waits for a lock while running a statement whose
 /// text contains `needle`.
 async fn lock_waiter(direct: &Client, needle: &str, what: &str) {
@@ -83,8 +99,15 @@ async fn backfill_held_at_the_sweep(env: &Orders, what: &str) -> Client {
         .await
         .unwrap();
     accepted(&env.proxy, &["backfill", ORDERS, "start"]).await;
+    sweep_waiting(&env.proxy, what).await;
+    blocker
+}
+
+/// Waits (naming `what`) until the backfill of [`ORDERS`] says its orphan sweep waits for
+/// older transactions; the record.
+async fn sweep_waiting(proxy: &Proxy, what: &str) -> Value {
     await_record(
-        &env.proxy,
+        proxy,
         ORDERS,
         "backfill",
         what,
@@ -95,8 +118,7 @@ async fn backfill_held_at_the_sweep(env: &Orders, what: &str) -> Client {
                 .is_some_and(|w| w.contains("orphan sweep"))
         },
     )
-    .await;
-    blocker
+    .await
 }
 
 /// The orders fixture taken to contract the regular way: expand, a backfill, a clean verify,
@@ -169,16 +191,7 @@ async fn a_key_moved_during_a_batch_makes_the_checkpoint_skip_rows() {
     lock_waiter(&direct, "pgshift_b", "the first batch waiting for row 5").await;
     app.batch_execute("COMMIT").await.unwrap();
 
-    let done = await_record(
-        &proxy,
-        ITEMS,
-        "backfill",
-        "backfill end",
-        Duration::from_secs(60),
-        |r| matches!(r["state"].as_str(), Some("done" | "failed")),
-    )
-    .await;
-    assert_eq!(done["state"], "done", "{done}");
+    let done = backfill_ended_done(&proxy, ITEMS).await;
     let stale = items_out_of_sync(&direct).await;
     assert_eq!(
         stale, 0,
@@ -221,16 +234,7 @@ async fn the_sweep_deletes_a_row_a_client_wrote_meanwhile() {
     lock_waiter(direct, "NOT EXISTS", "the sweep waiting for row 100").await;
     app.batch_execute("COMMIT").await.unwrap();
 
-    let done = await_record(
-        proxy,
-        ORDERS,
-        "backfill",
-        "backfill done",
-        Duration::from_secs(60),
-        |r| matches!(r["state"].as_str(), Some("done" | "failed")),
-    )
-    .await;
-    assert_eq!(done["state"], "done", "{done}");
+    let done = backfill_ended_done(proxy, ORDERS).await;
     assert_eq!(
         env.differences().await,
         Vec::<String>::new(),
@@ -274,19 +278,7 @@ async fn the_sweep_waits_for_a_prepared_transaction() {
     });
 
     accepted(proxy, &["backfill", ORDERS, "start"]).await;
-    let waiting = await_record(
-        proxy,
-        ORDERS,
-        "backfill",
-        "the sweep waiting for the prepared transaction",
-        Duration::from_secs(30),
-        |r| {
-            r["waiting"]
-                .as_str()
-                .is_some_and(|w| w.contains("orphan sweep"))
-        },
-    )
-    .await;
+    let waiting = sweep_waiting(proxy, "the sweep waiting for the prepared transaction").await;
     assert!(
         waiting["waiting"]
             .as_str()
@@ -302,16 +294,7 @@ async fn the_sweep_waits_for_a_prepared_transaction() {
         .batch_execute(&format!("COMMIT PREPARED '{gid}'"))
         .await
         .unwrap();
-    let done = await_record(
-        proxy,
-        ORDERS,
-        "backfill",
-        "backfill done",
-        Duration::from_secs(60),
-        |r| matches!(r["state"].as_str(), Some("done" | "failed")),
-    )
-    .await;
-    assert_eq!(done["state"], "done", "{done}");
+    backfill_ended_done(proxy, ORDERS).await;
     assert_eq!(env.differences().await, Vec::<String>::new());
 }
 

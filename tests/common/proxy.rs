@@ -465,7 +465,7 @@ impl Drop for Proxy {
 
 /// Sends the first stdout line over a channel, then keeps draining stdout so the proxy never
 /// blocks on a full pipe.
-fn read_first_line(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<String> {
+pub fn read_first_line(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<String> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut lines = BufReader::new(stdout).lines();
