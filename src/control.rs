@@ -17,6 +17,7 @@
 
 pub mod jobs;
 pub mod machine;
+mod reshape;
 pub mod status;
 pub mod store;
 pub mod watch;
@@ -258,8 +259,15 @@ impl ControlPlane {
                 return Err(e);
             }
         };
+        let reshaped = self.reshape().await?;
         self.sync().await?;
-        let summary = format!("epoch {}", self.snapshots.load().epoch);
+        let mut summary = format!("epoch {}", self.snapshots.load().epoch);
+        if !reshaped.is_empty() {
+            summary.push_str(&format!(
+                "; columns re-read from the catalog: {}",
+                reshaped.join(", ")
+            ));
+        }
         if refusals.is_empty() {
             self.set_config_error(refusals);
             Ok(summary)

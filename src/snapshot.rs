@@ -709,7 +709,10 @@ async fn check_expressions_compile(
     Ok(())
 }
 
+mod drift;
 mod moves;
+
+pub use drift::drifted;
 
 #[cfg(test)]
 mod tests;

@@ -14,8 +14,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use common::users::{RENAME, TYPE_CHANGE, Users, migrations_toml};
-use common::{Proxy, ProxyConfig, cluster, connect, eventually, fresh_database, toml_str};
+use common::users::{RENAME, TYPE_CHANGE, Users, migrations_toml, rename_toml};
+use common::{
+    Proxy, ProxyConfig, cluster, connect, control_toml, eventually, fresh_database,
+    fresh_database_with, toml_str,
+};
 use serde_json::Value;
 
 /// How long a file change may take to be in force.
@@ -508,4 +511,69 @@ async fn user_name_of_1(app: &tokio_postgres::Client) -> Option<String> {
         .await
         .unwrap()
         .get(0)
+}
+
+/// DDL run outside pgshift on a migrated table (here, after complete: the old column dropped
+/// by hand instead of by `complete_sql`, and a column added) is picked up by `ctl reload`:
+/// the epoch moves and `SELECT *` through pgshift lists the table's columns as PostgreSQL
+/// does, while the old name still answers. A reload with nothing changed keeps the epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_rereads_a_table_changed_outside_pgshift() {
+    let (db, direct) = fresh_database_with(
+        "reload_reshape",
+        "CREATE TABLE users (id int PRIMARY KEY, user_name text);
+         INSERT INTO users VALUES (1, 'ann');",
+    )
+    .await;
+    let proxy = ProxyConfig::new(cluster())
+        .extra(&control_toml())
+        .extra(&rename_toml(&db.name, "planned"))
+        .spawn();
+    proxy.set_phase(RENAME, "expand").await;
+    direct
+        .batch_execute("UPDATE users SET display_name = user_name")
+        .await
+        .unwrap();
+    proxy.set_phase(RENAME, "complete").await;
+    let app = connect(&proxy.db_url(&db)).await;
+    assert_eq!(star(&app).await, ["id", "user_name", "display_name"]);
+
+    direct
+        .batch_execute(
+            "ALTER TABLE users DROP COLUMN user_name; ALTER TABLE users ADD COLUMN email text",
+        )
+        .await
+        .unwrap();
+    let before = proxy.epoch().await;
+    let reply = proxy.ctl(&["reload"]).await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert!(
+        reply.to_string().contains("public.users"),
+        "the reload should name the table it re-read: {reply}"
+    );
+    assert!(proxy.epoch().await > before, "{reply}");
+
+    assert_eq!(star(&app).await, star(&direct).await);
+    assert_eq!(star(&app).await, ["id", "display_name", "email"]);
+    let old: String = app
+        .query_one("SELECT user_name FROM users WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(old, "ann");
+
+    let settled = proxy.epoch().await;
+    let reply = proxy.ctl(&["reload"]).await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert_eq!(proxy.epoch().await, settled, "nothing changed: {reply}");
+}
+
+/// The columns `SELECT * FROM users` describes over `client`.
+async fn star(client: &tokio_postgres::Client) -> Vec<String> {
+    let statement = client.prepare("SELECT * FROM users").await.unwrap();
+    statement
+        .columns()
+        .iter()
+        .map(|c| c.name().to_owned())
+        .collect()
 }
