@@ -259,14 +259,20 @@ impl ControlPlane {
                 return Err(e);
             }
         };
-        let reshaped = self.reshape().await?;
+        // The file is in force by now: a failed re-read is reported, not a failed load.
+        let reshaped = self.reshape().await;
         self.sync().await?;
         let mut summary = format!("epoch {}", self.snapshots.load().epoch);
-        if !reshaped.is_empty() {
-            summary.push_str(&format!(
+        match reshaped {
+            Ok(tables) if !tables.is_empty() => summary.push_str(&format!(
                 "; columns re-read from the catalog: {}",
-                reshaped.join(", ")
-            ));
+                tables.join(", ")
+            )),
+            Ok(_) => {}
+            Err(e) => {
+                warn!(error = %e, "cannot check the migrated tables for changes");
+                summary.push_str(&format!("; {e}"));
+            }
         }
         if refusals.is_empty() {
             self.set_config_error(refusals);
