@@ -445,7 +445,9 @@ impl<'a> Writer<'a> {
         Ok(())
     }
 
-    pub(super) fn dual_delete(&self, delete: &Delete) -> Result<String, Refusal> {
+    /// A DELETE's clauses and its target (quoted name, alias), refusing the forms neither kind
+    /// of DELETE rewrite supports.
+    fn delete_clauses(&self, delete: &Delete) -> Result<(Clauses, String, String), Refusal> {
         let clauses = self.clauses(&[
             Keyword::FROM,
             Keyword::USING,
@@ -460,8 +462,14 @@ impl<'a> Writer<'a> {
         let factor =
             delete_factor(delete).ok_or_else(|| self.plan.refuse("cannot locate the target"))?;
         let (target, q) = self.target(factor)?;
-        let keys = self.key_select(&q);
-        let mut cte = format!("SELECT {keys} FROM {target}");
+        Ok((clauses, target, q))
+    }
+
+    /// The keys of the rows a DELETE removes, locked: `SELECT keys FROM {from}`, with the
+    /// client's USING and WHERE, `FOR UPDATE OF {q}`.
+    fn delete_keys(&self, clauses: &Clauses, from: &str, q: &str) -> Result<String, Refusal> {
+        let keys = self.key_select(q);
+        let mut cte = format!("SELECT {keys} FROM {from}");
         if let Some(using) = clauses.body(Keyword::USING) {
             cte.push_str(&format!(", {}", self.piece(using)?));
         }
@@ -469,6 +477,12 @@ impl<'a> Writer<'a> {
             cte.push_str(&format!(" WHERE {}", self.piece(w)?));
         }
         cte.push_str(&format!(" FOR UPDATE OF {q}"));
+        Ok(cte)
+    }
+
+    pub(super) fn dual_delete(&self, delete: &Delete) -> Result<String, Refusal> {
+        let (clauses, target, q) = self.delete_clauses(delete)?;
+        let cte = self.delete_keys(&clauses, &target, &q)?;
         let other = self.plan.shape(self.side.other()).name.quoted();
         let mut out = format!(
             "WITH pgshift_d AS MATERIALIZED ({cte}), pgshift_m AS (DELETE FROM {other} AS pgshift_o \
@@ -480,7 +494,6 @@ impl<'a> Writer<'a> {
         Ok(out)
     }
 
-    /// Contract, INSERT naming the old table: the rows go to the new table only.
     /// Where an INSERT's source starts: its `VALUES` keyword (a VALUES query's span starts at
     /// its first row), else the query's own span.
     pub(super) fn source_start(&self, source: &sqlparser::ast::Query) -> Result<usize, Refusal> {

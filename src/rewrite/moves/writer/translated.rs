@@ -106,29 +106,8 @@ impl Writer<'_> {
         auth: Side,
     ) -> Result<String, Refusal> {
         let named = self.side;
-        let clauses = self.clauses(&[
-            Keyword::FROM,
-            Keyword::USING,
-            Keyword::WHERE,
-            Keyword::RETURNING,
-        ])?;
-        if clauses.body(Keyword::USING).is_some() && delete.returning.is_some() {
-            return Err(self.plan.refuse(
-                "RETURNING in a DELETE … USING on a table of a table move is not supported",
-            ));
-        }
-        let factor =
-            delete_factor(delete).ok_or_else(|| self.plan.refuse("cannot locate the target"))?;
-        let (_, q) = self.target(factor)?;
-        let keys = self.key_select(&q);
-        let mut cte = format!("SELECT {keys} FROM {} AS {q}", self.derived(named));
-        if let Some(using) = clauses.body(Keyword::USING) {
-            cte.push_str(&format!(", {}", self.piece(using)?));
-        }
-        if let Some(w) = clauses.body(Keyword::WHERE) {
-            cte.push_str(&format!(" WHERE {}", self.piece(w)?));
-        }
-        cte.push_str(&format!(" FOR UPDATE OF {q}"));
+        let (clauses, _, q) = self.delete_clauses(delete)?;
+        let cte = self.delete_keys(&clauses, &format!("{} AS {q}", self.derived(named)), &q)?;
         let mut ctes = vec![format!("pgshift_d AS MATERIALIZED ({cte})")];
         if self.plan.moved.dual_writes() {
             ctes.push(format!(
