@@ -373,13 +373,12 @@ impl<'a> Writer<'a> {
         Ok(clauses)
     }
 
-    pub(super) fn dual_update(&self, update: &Update) -> Result<String, Refusal> {
-        let clauses = self.update_clauses(update)?;
-        let (target, q) = self.target(&update.table.relation)?;
-        let sets = self.assignments(update, self.side)?;
-        // Every column under a pgshift name: the top-level UPDATE joins this CTE, and the
-        // client's unqualified RETURNING names must stay unambiguous.
-        let columns = &self.plan.shape(self.side).columns;
+    /// The select list of an UPDATE's row CTE: every column of `side`'s shape seen as `q`,
+    /// then each SET value, all under pgshift names (`pgshift_cN`, `pgshift_sN`): the
+    /// top-level UPDATE joins the CTE, and the client's unqualified RETURNING names must stay
+    /// unambiguous.
+    fn update_select(&self, q: &str, side: Side, sets: &[(String, String)]) -> Vec<String> {
+        let columns = &self.plan.shape(side).columns;
         let mut select: Vec<String> = columns
             .iter()
             .enumerate()
@@ -388,6 +387,15 @@ impl<'a> Writer<'a> {
         for (i, (_, value)) in sets.iter().enumerate() {
             select.push(format!("{value} AS pgshift_s{}", i + 1));
         }
+        select
+    }
+
+    pub(super) fn dual_update(&self, update: &Update) -> Result<String, Refusal> {
+        let clauses = self.update_clauses(update)?;
+        let (target, q) = self.target(&update.table.relation)?;
+        let sets = self.assignments(update, self.side)?;
+        let select = self.update_select(&q, self.side, &sets);
+        let columns = &self.plan.shape(self.side).columns;
         let mut cte = format!("SELECT {} FROM {target}", select.join(", "));
         if let Some(from) = clauses.body(Keyword::FROM) {
             cte.push_str(&format!(", {}", self.piece(from)?));

@@ -18,15 +18,8 @@ impl Writer<'_> {
         let clauses = self.update_clauses(update)?;
         let (_, q) = self.target(&update.table.relation)?;
         let sets = self.assignments(update, named)?;
+        let select = self.update_select(&q, named, &sets);
         let columns = &self.plan.shape(named).columns;
-        let mut select: Vec<String> = columns
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{q}.{} AS pgshift_c{}", quote_ident(&c.name), i + 1))
-            .collect();
-        for (i, (_, value)) in sets.iter().enumerate() {
-            select.push(format!("{value} AS pgshift_s{}", i + 1));
-        }
         let mut cte = format!(
             "SELECT {} FROM {} AS {q}",
             select.join(", "),
